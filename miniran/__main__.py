@@ -1,0 +1,15 @@
+"""Command line: ``miniran <command>`` or ``python -m miniran <command>``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    from miniran.train.cli import main as cli_main
+
+    return cli_main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Array backend: one entry point that picks NumPy or CuPy.
+
+Every function in miniran computes on *raw* arrays obtained through
+:func:`get_array_module`, so the same code runs on a NumPy array (CPU) and on a
+CuPy array (GPU). CuPy is optional: it is imported lazily inside a
+``try/except`` and the import error is kept, to be shown only when the user
+actually asks for the GPU.
+
+This is the lowest layer of the package; it imports nothing from miniran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: dtype of new floating-point tensors and parameters.
+DEFAULT_DTYPE = np.float32
+
+_cupy = None
+_cupy_import_error: BaseException | None = None
+_cupy_checked = False
+_gpu_usable: bool | None = None
+_gpu_error: BaseException | None = None
+
+INSTALL_HINT = (
+    "Install the CuPy build that matches your CUDA driver, e.g. "
+    "`pip install -e '.[cuda12]'` (CUDA 12.x) or `pip install -e '.[cuda13]'` "
+    "(CUDA 13.x); `nvidia-smi` shows the CUDA version your driver supports."
+)
+
+
+def _import_cupy():
+    """Import CuPy once; remember the failure instead of raising it."""
+    global _cupy, _cupy_import_error, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy  # noqa: F401
+
+            _cupy = cupy
+        except Exception as exc:  # ImportError, or a CUDA library that fails to load
+            _cupy_import_error = exc
+    return _cupy
+
+
+def cuda_available() -> bool:
+    """True only when CuPy imports *and* a CUDA device can run a kernel."""
+    global _gpu_usable, _gpu_error
+    if _gpu_usable is None:
+        cp = _import_cupy()
+        if cp is None:
+            _gpu_usable = False
+        else:
+            try:
+                _gpu_usable = bool(cp.is_available())
+                if _gpu_usable:
+                    # is_available() only counts devices; run a tiny kernel to be sure.
+                    (cp.arange(2) + 1).sum().item()
+                else:
+                    _gpu_error = RuntimeError("CuPy found no usable CUDA device")
+            except Exception as exc:
+                _gpu_usable = False
+                _gpu_error = exc
+    return _gpu_usable
+
+
+def check_cuda_available() -> None:
+    """Raise a RuntimeError that says how to get a working GPU setup."""
+    if cuda_available():
+        return
+    if _cupy is None:
+        reason = f"CuPy could not be imported ({_cupy_import_error!r})."
+    else:
+        reason = f"CuPy is installed but no GPU is usable ({_gpu_error!r})."
+    raise RuntimeError(f"The GPU was requested but is not available: {reason} {INSTALL_HINT}")
+
+
+def cupy_module():
+    """The ``cupy`` module (raises the helpful error when it is not usable)."""
+    check_cuda_available()
+    return _cupy
+
+
+def is_cupy_array(array) -> bool:
+    cp = _cupy  # never trigger the import just to check a type
+    return cp is not None and isinstance(array, cp.ndarray)
+
+
+def get_array_module(*arrays):
+    """Return ``numpy`` or ``cupy``, whichever holds the given arrays.
+
+    Accepts raw arrays, Python scalars and miniran tensors (anything with a
+    ``.data`` attribute holding an array). NumPy is returned unless at least one
+    argument is a CuPy array.
+    """
+    for a in arrays:
+        data = getattr(a, "data", a) if not isinstance(a, np.ndarray) else a
+        if is_cupy_array(data):
+            return _cupy
+    return np
+
+
+def normalize_device(device) -> str:
+    """Map user spellings ('cpu', 'gpu', 'cuda', 'cuda:0') to 'cpu' or 'gpu'."""
+    if device is None:
+        return "cpu"
+    name = str(device).lower()
+    if name == "cpu":
+        return "cpu"
+    if name in ("gpu", "cuda") or name.startswith("cuda:"):
+        return "gpu"
+    raise ValueError(f"device must be 'cpu' or 'gpu' (or 'cuda'), got {device!r}")
+
+
+def device_of(array) -> str:
+    return "gpu" if is_cupy_array(array) else "cpu"
+
+
+def to_device(array, device):
+    """Copy a raw array to 'cpu' (NumPy) or 'gpu' (CuPy); no copy if already there."""
+    device = normalize_device(device)
+    if device == "cpu":
+        return _cupy.asnumpy(array) if is_cupy_array(array) else np.asarray(array)
+    cp = cupy_module()
+    return array if is_cupy_array(array) else cp.asarray(array)
+
+
+def to_numpy(array) -> np.ndarray:
+    """Host copy of any array (NumPy arrays are returned as they are)."""
+    return to_device(array, "cpu")

@@ -1,0 +1,97 @@
+"""Softmax, log-softmax and the cross-entropy loss."""
+
+from __future__ import annotations
+
+from miniran.autograd import Function, Tensor, as_array
+from miniran.backend import get_array_module, is_cupy_array
+
+
+def _log_softmax_array(x, axis):
+    # subtract the max so exp never overflows (log-sum-exp trick)
+    xp = get_array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.y = xp.exp(_log_softmax_array(x, self.axis))
+        return self.y
+
+    def backward(self, gy):
+        # J^T gy = y * (gy - <gy, y>)
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        self.y = _log_softmax_array(x, self.axis)
+        return self.y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return gy - xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True)
+
+
+def softmax(x, axis=1) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``axis`` (default 1: the class axis of (N, K) logits)."""
+    return Softmax(axis)(x)
+
+
+def log_softmax(x, axis=1) -> Tensor:
+    """log(softmax(x)), computed stably with the log-sum-exp trick."""
+    return LogSoftmax(axis)(x)
+
+
+class CrossEntropy(Function):
+    """Mean negative log-likelihood of integer labels under softmax(logits)."""
+
+    def forward(self, logits, labels):
+        xp = get_array_module(logits)
+        self.labels = labels
+        self.log_p = _log_softmax_array(logits, 1)
+        n = logits.shape[0]
+        return -self.log_p[xp.arange(n), labels].mean()
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        n = self.log_p.shape[0]
+        g = xp.exp(self.log_p)
+        g[xp.arange(n), self.labels] -= 1
+        return g * (gy / n), None
+
+
+def cross_entropy(logits, labels) -> Tensor:
+    """Softmax cross-entropy, averaged over the batch.
+
+    Args:
+        logits: (N, K) unnormalised class scores.
+        labels: (N,) integer class indices in ``[0, K)`` (array or Tensor).
+
+    Returns:
+        A scalar tensor. Computed from log-softmax, so it stays finite for
+        logits of any magnitude.
+    """
+    labels_arr = labels.data if isinstance(labels, Tensor) else as_array(labels, like=getattr(logits, "data", None))
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be (N, K), got shape {logits.shape}")
+    if labels_arr.ndim != 1 or labels_arr.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"cross_entropy: labels must have shape ({logits.shape[0]},), got {labels_arr.shape}"
+        )
+    if labels_arr.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: labels must be integer class indices, got dtype {labels_arr.dtype}")
+    k = logits.shape[1]
+    # range check on the CPU only: on the GPU it would force a sync every step
+    if not is_cupy_array(labels_arr) and labels_arr.size and (int(labels_arr.min()) < 0 or int(labels_arr.max()) >= k):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {k}), got range "
+                         f"[{int(labels_arr.min())}, {int(labels_arr.max())}]")
+    return CrossEntropy()(logits, Tensor(labels_arr))

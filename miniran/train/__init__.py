@@ -1,0 +1,1 @@
+"""Training: the ``miniran`` command line, the training loop, checkpoints and plots."""

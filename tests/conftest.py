@@ -1,0 +1,49 @@
+"""Shared fixtures: seeded RNG, the array-module fixture, GPU skipping, data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import miniran
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_DIR = Path(os.environ.get("MINIRAN_CIFAR10_DIR", ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"))
+
+requires_gpu = pytest.mark.skipif(not miniran.cuda_available(), reason="no usable CUDA GPU (CuPy missing or no device)")
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator for each test (seed printed on failure by pytest's params)."""
+    return np.random.default_rng(int(os.environ.get("MINIRAN_TEST_SEED", "100")))
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=[pytest.mark.gpu, requires_gpu])])
+def xp(request):
+    """The array module under test: NumPy always, CuPy where a GPU is usable."""
+    if request.param == "numpy":
+        return np
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture
+def cifar10_dir():
+    if not (CIFAR10_DIR / "data_batch_1.bin").exists():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10_DIR}")
+    return CIFAR10_DIR
+
+
+@pytest.fixture
+def cp():
+    """CuPy, for NumPy-vs-CuPy agreement tests; skips visibly without a usable GPU."""
+    if not miniran.cuda_available():
+        pytest.skip("no usable CUDA GPU (CuPy missing or no device)")
+    import cupy
+
+    return cupy

@@ -1,0 +1,172 @@
+"""Gradient checks (float64, random upstream gradient) and forward references for the basic functions."""
+
+import numpy as np
+import pytest
+
+import miniran
+import miniran.functional as F
+from miniran import Tensor, gradcheck
+
+SHAPES = [(3,), (2, 3), (2, 3, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    "fn,ref,domain",
+    [
+        (F.exp, np.exp, (-2, 2)),
+        (F.log, np.log, (0.5, 3)),
+        (F.tanh, np.tanh, (-2, 2)),
+        (F.sigmoid, lambda x: 1 / (1 + np.exp(-x)), (-4, 4)),
+        (F.neg, np.negative, (-2, 2)),
+        (lambda x: F.pow(x, 3), lambda x: x ** 3, (-2, 2)),
+        (lambda x: F.pow(x, 0.5), np.sqrt, (0.5, 3)),
+    ],
+)
+def test_unary(fn, ref, domain, shape, rng):
+    x = rng.uniform(*domain, size=shape)
+    np.testing.assert_allclose(fn(Tensor(x)).data, ref(x), rtol=1e-12)
+    gradcheck(fn, [x])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_away_from_kink(shape, rng):
+    x = rng.uniform(0.1, 1, size=shape) * rng.choice([-1, 1], size=shape)
+    np.testing.assert_array_equal(F.relu(Tensor(x)).data, np.maximum(x, 0))
+    gradcheck(F.relu, [x])
+
+
+def test_sigmoid_is_finite_for_huge_inputs():
+    y = F.sigmoid(Tensor(np.array([-1000.0, 0.0, 1000.0]))).data
+    np.testing.assert_allclose(y, [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 2), -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(axis, keepdims, rng):
+    x = rng.permutation(24).reshape(2, 3, 4).astype(np.float64) / 7.0  # distinct: no ties for max
+    for fn, ref in ((F.sum, np.sum), (F.mean, np.mean), (F.max, np.max)):
+        out = fn(Tensor(x), axis=axis, keepdims=keepdims)
+        np.testing.assert_allclose(out.data, ref(x, axis=axis, keepdims=keepdims))
+        gradcheck(lambda t: fn(t, axis=axis, keepdims=keepdims), [x])
+
+
+def test_max_splits_gradient_between_ties():
+    x = Tensor(np.array([1.0, 3.0, 3.0]), requires_grad=True)
+    F.max(x).backward()
+    np.testing.assert_allclose(x.grad, [0.0, 0.5, 0.5])
+
+
+def test_shape_ops(rng):
+    x = rng.standard_normal((2, 3, 4))
+    np.testing.assert_array_equal(F.reshape(Tensor(x), (6, 4)).data, x.reshape(6, 4))
+    np.testing.assert_array_equal(F.transpose(Tensor(x), (2, 0, 1)).data, x.transpose(2, 0, 1))
+    np.testing.assert_array_equal(F.transpose(Tensor(x)).data, x.T)
+    np.testing.assert_array_equal(F.flatten(Tensor(x)).data, x.reshape(2, 12))
+    gradcheck(lambda t: F.reshape(t, (4, 6)), [x])
+    gradcheck(lambda t: F.transpose(t, (1, 2, 0)), [x])
+    gradcheck(lambda t: F.flatten(t), [x])
+    with pytest.raises(ValueError, match="cannot reshape"):
+        F.reshape(Tensor(x), (5, 5))
+
+
+@pytest.mark.parametrize(
+    "index",
+    [(1,), (slice(None), 2), (Ellipsis, slice(1, 3)), (np.array([0, 2, 2, 1]),), (slice(None), np.array([0, 0, 1]))],
+)
+def test_getitem(index, rng):
+    x = rng.standard_normal((3, 4, 2))
+    np.testing.assert_array_equal(F.getitem(Tensor(x), index).data, x[index])
+    gradcheck(lambda t: F.getitem(t, index), [x])
+
+
+def test_getitem_repeated_indices_accumulate():
+    x = Tensor(np.zeros(3), requires_grad=True)
+    F.getitem(x, np.array([1, 1, 2])).backward(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(x.grad, [0.0, 3.0, 3.0])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat(axis, rng):
+    shapes = {0: [(1, 3), (2, 3)], 1: [(2, 1), (2, 3)], -1: [(2, 2), (2, 1)]}[axis]
+    a, b = (rng.standard_normal(s) for s in shapes)
+    np.testing.assert_array_equal(F.concat([Tensor(a), Tensor(b)], axis).data, np.concatenate([a, b], axis))
+    gradcheck(lambda s, t: F.concat([s, t], axis), [a, b])
+    with pytest.raises(ValueError, match="differ"):
+        F.concat([Tensor(np.ones((2, 2))), Tensor(np.ones((3, 3)))], axis=0)
+
+
+@pytest.mark.parametrize("sa,sb", [((2, 3), (3, 4)), ((5, 2, 3), (3, 2)), ((2, 2, 3), (2, 3, 4)), ((3,), (3, 2))])
+def test_matmul(sa, sb, rng):
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    np.testing.assert_allclose(F.matmul(Tensor(a), Tensor(b)).data, a @ b)
+    gradcheck(F.matmul, [a, b])
+    with pytest.raises(ValueError, match="inner dimensions"):
+        F.matmul(Tensor(a), Tensor(np.ones((7, 2))))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(bias, rng):
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal(5)
+    args = [x, w, b] if bias else [x, w]
+    expected = x @ w.T + (b if bias else 0)
+    np.testing.assert_allclose(F.linear(*map(Tensor, args)).data, expected)
+    gradcheck(F.linear, args)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        F.linear(Tensor(x), Tensor(np.ones((5, 4))))
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 5), 1), ((3, 4, 2), 1), ((2, 6), 0), ((2, 3, 4), -1)])
+def test_softmax_and_log_softmax(shape, axis, rng):
+    x = rng.standard_normal(shape) * 3
+
+    def ref(v):
+        e = np.exp(v - v.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+
+    np.testing.assert_allclose(F.softmax(Tensor(x), axis).data, ref(x), rtol=1e-12)
+    np.testing.assert_allclose(F.log_softmax(Tensor(x), axis).data, np.log(ref(x)), rtol=1e-10)
+    gradcheck(lambda t: F.softmax(t, axis), [x])
+    gradcheck(lambda t: F.log_softmax(t, axis), [x])
+
+
+def test_softmax_stable_for_large_logits():
+    y = F.softmax(Tensor(np.array([[1000.0, 0.0, -1000.0]]))).data
+    np.testing.assert_allclose(y, [[1.0, 0.0, 0.0]])
+
+
+def test_cross_entropy(rng):
+    logits = rng.standard_normal((6, 4)) * 2
+    labels = rng.integers(0, 4, size=6)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = -np.mean(np.log(p[np.arange(6), labels]))
+    np.testing.assert_allclose(F.cross_entropy(Tensor(logits), labels).data, expected, rtol=1e-12)
+    gradcheck(lambda t: F.cross_entropy(t, labels), [logits])
+    big = F.cross_entropy(Tensor(np.array([[1e4, -1e4]])), np.array([1]))
+    assert np.isfinite(big.data) and big.data == pytest.approx(2e4)
+
+
+def test_cross_entropy_rejects_bad_labels():
+    logits = Tensor(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        F.cross_entropy(logits, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        F.cross_entropy(logits, np.array([0, 1, 4]))
+    with pytest.raises(ValueError, match="integer"):
+        F.cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.gpu
+def test_basic_functions_agree_on_gpu(cp, rng):
+    """The same code on CuPy gives NumPy's results (float32 tolerance)."""
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=4)
+    results = {}
+    for mod in (np, cp):
+        t = Tensor(mod.asarray(x), requires_grad=True)
+        loss = F.cross_entropy(F.tanh(t) @ Tensor(mod.asarray(x.T)) * 0.5 + F.sigmoid(t).sum(1, keepdims=True), mod.asarray(labels))
+        loss.backward()
+        results[mod.__name__] = (float(loss.data), miniran.backend.to_numpy(t.grad))
+    (l0, g0), (l1, g1) = results.values()
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-6)
