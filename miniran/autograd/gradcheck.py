@@ -81,17 +81,33 @@ def gradcheck(
         raise ValueError(f"mode must be 'auto', 'elementwise' or 'directional', got {mode!r}")
     rng = np.random.default_rng(seed)
 
-    # float64 leaf copies of the inputs to check; others pass through unchanged
-    tensors, checked = [], []
+    # float64 leaf copies of the inputs to check; others pass through unchanged.
+    # A float64 leaf that requires grad (e.g. a module's Parameter) is checked in
+    # place, so ``gradcheck(lambda x, *ps: model(x), [x, *model.parameters()])``
+    # checks the parameter gradients of a float64 model.
+    tensors, checked, saved_grads = [], [], {}
     for i, x in enumerate(inputs):
         requires = x.requires_grad if isinstance(x, Tensor) else True
         data = x.data if isinstance(x, Tensor) else as_array(x)
-        if data.dtype.kind == "f" and requires:
+        if isinstance(x, Tensor) and requires and x.is_leaf and data.dtype == np.float64:
+            t = x
+            saved_grads[i] = x.grad
+            x.grad = None
+            checked.append(i)
+        elif data.dtype.kind == "f" and requires:
             t = Tensor(data.astype(np.float64), requires_grad=True)
             checked.append(i)
         else:
             t = x if isinstance(x, Tensor) else Tensor(data)
         tensors.append(t)
+    try:
+        return _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, rng, raise_exception)
+    finally:
+        for i, g in saved_grads.items():
+            tensors[i].grad = g
+
+
+def _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, rng, raise_exception):
     if not checked:
         raise ValueError("gradcheck: no floating-point input requires a gradient")
     xp = backend.get_array_module(*[t.data for t in tensors])

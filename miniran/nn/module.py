@@ -151,7 +151,20 @@ class Module:
                 if p.grad is not None:
                     p.grad = backend.to_device(p.grad, device)
             for name, b in list(m._buffers.items()):
-                setattr(m, name, backend.to_device(b, device))
+                if b is not None:
+                    setattr(m, name, backend.to_device(b, device))
+        return self
+
+    def astype(self, dtype):
+        """Cast every floating-point parameter and buffer to ``dtype`` in place (e.g.
+        float64 for gradient checks); returns self."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = None
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f":
+                    setattr(m, name, b.astype(dtype))
         return self
 
     @property

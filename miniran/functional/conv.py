@@ -1,0 +1,388 @@
+"""2-D convolution by im2col: unfold the input, then one matrix product.
+
+Notation (used in every docstring of this module)::
+
+    N            batch size
+    C, O         input and output channels
+    H, W         input height and width
+    KH, KW       kernel height and width
+    SY, SX       stride (rows, columns)
+    PH, PW       zero padding added on each side (rows, columns)
+    OH, OW       output height and width:
+                     OH = (H + 2*PH - KH) // SY + 1
+                     OW = (W + 2*PW - KW) // SX + 1
+
+A convolution (strictly a cross-correlation, as in PyTorch) computes::
+
+    y[n, o, i, j] = b[o] + sum_{c, ky, kx} w[o, c, ky, kx] * xpad[n, c, i*SY + ky, j*SX + kx]
+
+**im2col** copies every input value that a kernel tap ``(ky, kx)`` sees into a
+matrix ``col`` whose rows are indexed by ``(c, ky, kx)`` and whose columns by
+``(n, i, j)``. The whole convolution is then *one* matrix product::
+
+    y (O, N*OH*OW) = w (O, C*KH*KW) @ col (C*KH*KW, N*OH*OW)
+
+The layout of ``col``, shape ``(C, KH, KW, N, OH, OW)``, is chosen so that
+both reshapes above are free (no copy) and the product is a single
+contiguous GEMM, the fastest thing NumPy (BLAS) or CuPy (cuBLAS) can do.
+The price is one small copy at the end, (O, N, ...) -> (N, O, ...).
+
+The backward pass reuses the same two pieces (Chainer's scheme)::
+
+    gw  = gy (O, N*OH*OW) @ col.T            -> (O, C*KH*KW)
+    gx  = col2im(w.T (C*KH*KW, O) @ gy)      -> (N, C, H, W)
+    gb  = gy.sum over (N, OH, OW)
+
+``col2im`` is the adjoint of ``im2col``: it adds every column entry back onto
+the input pixel it was copied from.
+
+On the CPU, im2col and col2im loop only over the KH*KW kernel taps, each
+step a strided slice copy (or add) over the whole batch at once. On the GPU
+they are CuPy ElementwiseKernels: im2col with one thread per ``col`` element,
+col2im as a *gather* with one thread per input pixel, which sums its
+contributions itself (no atomics, so the result is deterministic).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import numpy as np
+
+from miniran import backend
+from miniran.autograd import Function, Tensor, as_tensor
+from miniran.backend import get_array_module
+
+# --------------------------------------------------------------------------- sizes and arguments
+
+
+def conv_output_size(size: int, k: int, s: int, p: int) -> int:
+    """Output length of a convolution along one axis: ``(size + 2p - k) // s + 1``.
+
+    The last window starts at ``(out - 1) * s`` and must end inside the padded
+    input, so ``(out - 1) * s + k <= size + 2p < out * s + k``.
+
+    Args:
+        size: input length (H or W).
+        k: kernel length (KH or KW).
+        s: stride, >= 1.
+        p: zero padding on each side, >= 0.
+
+    Returns:
+        The output length (OH or OW), at least 1.
+
+    Raises:
+        ValueError: if the stride is not positive, the padding is negative, or
+            the kernel does not fit in the padded input.
+    """
+    if s < 1:
+        raise ValueError(f"conv_output_size: stride must be >= 1, got {s}")
+    if p < 0:
+        raise ValueError(f"conv_output_size: padding must be >= 0, got {p}")
+    if k > size + 2 * p:
+        raise ValueError(
+            f"conv_output_size: kernel size {k} is larger than the padded input size {size} + 2*{p}"
+        )
+    return (size + 2 * p - k) // s + 1
+
+
+def _pair(value, name):
+    """``3 -> (3, 3)``; ``(2, 1) -> (2, 1)``. Only integers are accepted."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for v in pair:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold the input windows of a convolution into a matrix (raw arrays, no autograd).
+
+    ``col[c, ky, kx, n, i, j] = xpad[n, c, i*SY + ky, j*SX + kx]``, where
+    ``xpad`` is ``x`` with PH (PW) zero rows (columns) added on each side.
+
+    Args:
+        x: raw NumPy or CuPy array of shape (N, C, H, W).
+        kernel_size: KH (= KW) or the pair (KH, KW).
+        stride: SY (= SX) or the pair (SY, SX).
+        padding: PH (= PW) or the pair (PH, PW).
+
+    Returns:
+        ``col`` of shape (C, KH, KW, N, OH, OW), contiguous, same dtype and
+        array module as ``x``; ``col.reshape(C*KH*KW, N*OH*OW)`` is free.
+    """
+    (kh, kw), (sy, sx), (ph, pw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, sy, ph), conv_output_size(w, kw, sx, pw)
+    xp = get_array_module(x)
+    if xp is not np:
+        return _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow)
+
+    # Channel-major view (C, N, H, W): with it, each tap's slice below has
+    # exactly the shape of its destination col[:, ky, kx] (no transposes).
+    x_cn = x.transpose(1, 0, 2, 3)
+    if ph or pw:
+        x_cn = _pad_channel_major(x_cn, ph, pw)
+    col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for ky in range(kh):
+        # rows ky, ky+SY, ..., ky+(OH-1)*SY: the rows tap ky sees for the OH outputs
+        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
+        for kx in range(kw):
+            cols = slice(kx, kx + (ow - 1) * sx + 1, sx)
+            col[:, ky, kx] = x_cn[:, :, rows, cols]  # one strided copy for the whole batch
+    return col
+
+
+def col2im(col, x_shape, stride=1, padding=0):
+    """Fold a ``col`` matrix back onto the input: the adjoint (transpose) of :func:`im2col`.
+
+    Every entry ``col[c, ky, kx, n, i, j]`` is *added* to the pixel
+    ``x[n, c, i*SY + ky - PH, j*SX + kx - PW]`` it came from (entries that fall
+    in the padding are dropped). Overlapping windows therefore sum up, which is
+    exactly the gradient of im2col.
+
+    Args:
+        col: raw array of shape (C, KH, KW, N, OH, OW).
+        x_shape: the shape (N, C, H, W) of the image ``col`` was built from
+            (H and W cannot be recovered from OH and OW when SY or SX > 1).
+        stride: SY (= SX) or the pair (SY, SX).
+        padding: PH (= PW) or the pair (PH, PW).
+
+    Returns:
+        A contiguous array of shape (N, C, H, W).
+    """
+    (sy, sx), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    n, c, h, w = x_shape
+    c_, kh, kw, n_, oh, ow = col.shape
+    if (c_, n_) != (c, n) or (oh, ow) != (conv_output_size(h, kh, sy, ph), conv_output_size(w, kw, sx, pw)):
+        raise ValueError(f"col2im: col of shape {col.shape} does not match x_shape {tuple(x_shape)}")
+    xp = get_array_module(col)
+    if xp is not np:
+        return _col2im_gpu(col, n, c, h, w, sy, sx, ph, pw)
+
+    # accumulate in the padded, channel-major image, the mirror of im2col
+    img = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+    for ky in range(kh):
+        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
+        for kx in range(kw):
+            cols = slice(kx, kx + (ow - 1) * sx + 1, sx)
+            img[:, :, rows, cols] += col[:, ky, kx]  # += : overlapping windows add up
+    # drop the padding and return to (N, C, H, W)
+    return xp.ascontiguousarray(img[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
+
+
+def _pad_channel_major(x_cn, ph, pw):
+    """Zero-pad the last two axes of a (C, N, H, W) view into a new contiguous array."""
+    xp = get_array_module(x_cn)
+    c, n, h, w = x_cn.shape
+    out = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x_cn.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x_cn
+    return out
+
+
+# --------------------------------------------------------------------------- GPU kernels
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_kernels():
+    """Build the two CuPy kernels once (CuPy then compiles them once per dtype)."""
+    cp = backend.cupy_module()
+    # Note: `i` (the thread's element index) and `n` are reserved names in
+    # ElementwiseKernel code, so the batch index is called `b` here.
+    im2col_kernel = cp.ElementwiseKernel(
+        "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
+        "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
+        "T col",
+        """
+        // One thread per element of col, laid out (C, KH, KW, N, OH, OW):
+        // peel the six indices off the flat index i, last axis first.
+        ptrdiff_t rest = i;
+        const int ox = rest % out_w;  rest /= out_w;
+        const int oy = rest % out_h;  rest /= out_h;
+        const int b  = rest % batch;  rest /= batch;
+        const int kx = rest % kw;     rest /= kw;
+        const int ky = rest % kh;     rest /= kh;
+        const int c  = rest;
+        // the input pixel under tap (ky, kx) of output (oy, ox)
+        const int y  = oy * sy - ph + ky;
+        const int xx = ox * sx - pw + kx;
+        if (0 <= y && y < h && 0 <= xx && xx < w) {
+            col = img[(((ptrdiff_t)b * channels + c) * h + y) * w + xx];
+        } else {
+            col = (T)0;  // zero padding
+        }
+        """,
+        "miniran_im2col",
+    )
+    col2im_kernel = cp.ElementwiseKernel(
+        "raw T col, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
+        "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
+        "T img",
+        """
+        // One thread per input pixel of img (N, C, H, W): *gather* every col
+        // entry that was copied from this pixel. Each thread writes only its
+        // own pixel, so no atomics are needed and the sum order is fixed.
+        ptrdiff_t rest = i;
+        const int xx = rest % w;         rest /= w;
+        const int y  = rest % h;         rest /= h;
+        const int c  = rest % channels;  rest /= channels;
+        const int b  = rest;
+        T acc = (T)0;
+        for (int ky = 0; ky < kh; ++ky) {
+            // tap ky of output row oy reads padded row oy*sy + ky = y + ph
+            const int ty = y + ph - ky;
+            if (ty < 0 || ty % sy != 0) continue;
+            const int oy = ty / sy;
+            if (oy >= out_h) continue;
+            for (int kx = 0; kx < kw; ++kx) {
+                const int tx = xx + pw - kx;
+                if (tx < 0 || tx % sx != 0) continue;
+                const int ox = tx / sx;
+                if (ox >= out_w) continue;
+                acc += col[((((ptrdiff_t)c * kh + ky) * kw + kx) * batch + b) * out_h * out_w
+                           + (ptrdiff_t)oy * out_w + ox];
+            }
+        }
+        img = acc;
+        """,
+        "miniran_col2im",
+    )
+    return im2col_kernel, col2im_kernel
+
+
+def _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow):
+    cp = backend.cupy_module()
+    n, c, h, w = x.shape
+    x = cp.ascontiguousarray(x)  # the kernel indexes the raw buffer as (N, C, H, W)
+    col = cp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    _gpu_kernels()[0](x, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, col)
+    return col
+
+
+def _col2im_gpu(col, n, c, h, w, sy, sx, ph, pw):
+    cp = backend.cupy_module()
+    _, kh, kw, _, oh, ow = col.shape
+    col = cp.ascontiguousarray(col)
+    img = cp.empty((n, c, h, w), dtype=col.dtype)
+    _gpu_kernels()[1](col, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, img)
+    return img
+
+
+# --------------------------------------------------------------------------- the Function
+
+
+class Conv2d(Function):
+    """y = conv2d(x, w) + b on raw arrays; see the module docstring for the scheme."""
+
+    def __init__(self, stride, padding):
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x, w, b=None):
+        xp = get_array_module(x)
+        # compute in the common dtype (float32 stays float32); grads go back in each input's dtype
+        dtype = xp.result_type(x.dtype, w.dtype, *([] if b is None else [b.dtype]))
+        self.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
+        n, c, h, wd = x.shape  # wd: the width (w is the weight)
+        o, _, kh, kw = w.shape
+        (sy, sx), (ph, pw) = self.stride, self.padding
+        oh, ow = conv_output_size(h, kh, sy, ph), conv_output_size(wd, kw, sx, pw)
+        self.x_shape, self.w = x.shape, w
+
+        # A 1x1 kernel with stride 1 and no padding needs no unfolding: each
+        # output pixel is a plain matrix product over channels, so col is just
+        # x in channel-major order (C, N*H*W).
+        self.pointwise = (kh, kw, sy, sx, ph, pw) == (1, 1, 1, 1, 0, 0)
+        if self.pointwise:
+            col2d = xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c, n * h * wd)
+        else:
+            col2d = im2col(x, (kh, kw), self.stride, self.padding).reshape(c * kh * kw, n * oh * ow)
+        # the weight gradient needs col; keep it only if someone asked for that gradient
+        self.col2d = col2d if self.needs_input_grad[1] else None
+
+        y = w.reshape(o, c * kh * kw) @ col2d  # THE product: (O, CKK) @ (CKK, N*OH*OW)
+        if b is not None:
+            y += b.astype(dtype, copy=False)[:, None]
+        # (O, N, OH, OW) -> (N, O, OH, OW); a copy so later layers get a contiguous array
+        return xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        n, c, h, wd = self.x_shape
+        o, _, kh, kw = self.w.shape
+        oh, ow = gy.shape[2:]
+        gy = gy.astype(self.w.dtype, copy=False)
+        # gy in the same (O, N*OH*OW) layout as the forward product's output
+        gy2d = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
+        needs = self.needs_input_grad
+        gx = gw = gb = None
+        if needs[0]:
+            # transposed convolution: w.T @ gy gives d(loss)/d(col); col2im folds it onto x
+            gcol = self.w.reshape(o, c * kh * kw).T @ gy2d  # (CKK, N*OH*OW)
+            if self.pointwise:
+                gx = xp.ascontiguousarray(gcol.reshape(c, n, h, wd).transpose(1, 0, 2, 3))
+            else:
+                gx = col2im(gcol.reshape(c, kh, kw, n, oh, ow), self.x_shape, self.stride, self.padding)
+            gx = gx.astype(self.dtypes[0], copy=False)
+        if needs[1]:
+            gw = (gy2d @ self.col2d.T).reshape(self.w.shape).astype(self.dtypes[1], copy=False)
+        if len(needs) == 3 and needs[2]:
+            # = gy.sum(axis=(0, 2, 3)), but summing the contiguous rows of gy2d is faster
+            gb = gy2d.sum(axis=1).astype(self.dtypes[2], copy=False)
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
+    """2-D convolution (cross-correlation, zero padding), PyTorch semantics.
+
+    Notation: N batch, C input channels, O output channels, H x W input,
+    KH x KW kernel, (SY, SX) stride, (PH, PW) padding, and the output size
+    ``OH = (H + 2*PH - KH) // SY + 1``, ``OW = (W + 2*PW - KW) // SX + 1``
+    (:func:`conv_output_size`).
+
+    Args:
+        x: input of shape (N, C, H, W).
+        weight: kernels of shape (O, C, KH, KW).
+        bias: (O,) or None.
+        stride: SY (= SX) or the pair (SY, SX); each >= 1.
+        padding: PH (= PW) or the pair (PH, PW); each >= 0.
+
+    Returns:
+        A tensor of shape (N, O, OH, OW).
+
+    Raises:
+        ValueError: on a bad shape or argument; the message names it.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (O, C, KH, KW), got shape {weight.shape}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"conv2d: x has {x.shape[1]} channels (shape {x.shape}) but weight expects "
+            f"{weight.shape[1]} (shape {weight.shape})"
+        )
+    if min(stride) < 1:
+        raise ValueError(f"conv2d: stride must be >= 1, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"conv2d: padding must be >= 0, got {padding}")
+    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    if weight.shape[2] > padded[0] or weight.shape[3] > padded[1]:
+        raise ValueError(
+            f"conv2d: kernel {weight.shape[2:]} (weight shape {weight.shape}) is larger than "
+            f"the padded input {padded} (x shape {x.shape}, padding {padding})"
+        )
+    if bias is None:
+        return Conv2d(stride, padding)(x, weight)
+    bias = as_tensor(bias)
+    if tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    return Conv2d(stride, padding)(x, weight, bias)

@@ -1,0 +1,252 @@
+"""Batch norm: gradient checks (float64, random upstream gradient), hand-computed
+references, running-statistic updates, the layer, validation, GPU and torch agreement."""
+
+import numpy as np
+import pytest
+
+import miniran
+import miniran.functional as F
+from miniran import Tensor, gradcheck, nn
+
+SHAPES = [(4, 3, 2, 3), (6, 4)]  # (N, C, H, W) and (N, C)
+
+
+def make_inputs(rng, shape):
+    """x with std ~1.5 (no tiny per-channel variance), gamma away from 0, beta."""
+    c = shape[1]
+    x = rng.standard_normal(shape) * 1.5 + 0.5
+    gamma = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
+    beta = rng.standard_normal(c)
+    return x, gamma, beta
+
+
+def reference(x, gamma, beta, mean, var, eps=1e-5):
+    """Per-channel loop: y[:, c] = gamma[c] * (x[:, c] - mean[c]) / sqrt(var[c] + eps) + beta[c]."""
+    y = np.empty_like(x)
+    for c in range(x.shape[1]):
+        y[:, c] = gamma[c] * (x[:, c] - mean[c]) / np.sqrt(var[c] + eps) + beta[c]
+    return y
+
+
+def channel_stats(x):
+    """Mean, biased and unbiased variance of every channel, one channel at a time."""
+    means, biased, unbiased = [], [], []
+    for c in range(x.shape[1]):
+        values = x[:, c].ravel()
+        m = values.sum() / values.size
+        ss = ((values - m) ** 2).sum()
+        means.append(m)
+        biased.append(ss / values.size)
+        unbiased.append(ss / (values.size - 1))
+    return np.array(means), np.array(biased), np.array(unbiased)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_running", [False, True])
+def test_gradcheck_training(shape, with_running, rng):
+    x, gamma, beta = make_inputs(rng, shape)
+    c = shape[1]
+    running = (np.zeros(c), np.ones(c)) if with_running else (None, None)
+    # the running stats change on every call, but the training output does not use them
+    gradcheck(lambda x, g, b: F.batch_norm(x, g, b, *running, training=True), [x, gamma, beta])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradcheck_eval(shape, rng):
+    x, gamma, beta = make_inputs(rng, shape)
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2.0, shape[1])
+    gradcheck(lambda x, g, b: F.batch_norm(x, g, b, rm, rv, training=False), [x, gamma, beta])
+
+
+def test_gradcheck_larger_input_directional(rng):
+    x, gamma, beta = make_inputs(rng, (8, 5, 6, 6))
+    gradcheck(lambda x, g, b: F.batch_norm(x, g, b), [x, gamma, beta], mode="directional")
+
+
+def test_training_gradient_of_a_plain_sum_is_zero(rng):
+    # the normalised output sums to N*H*W*beta whatever x is: dL/dx of sum(y) must vanish
+    x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
+    t = Tensor(x, requires_grad=True)
+    F.sum(F.batch_norm(t, Tensor(gamma), Tensor(beta))).backward()
+    np.testing.assert_allclose(t.grad, 0.0, atol=1e-12)
+
+
+def test_only_requested_gradients(rng):
+    x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
+    t, g = Tensor(x, requires_grad=True), Tensor(gamma)  # gamma frozen
+    b = Tensor(beta, requires_grad=True)
+    F.batch_norm(t, g, b).backward(rng.standard_normal(x.shape))
+    assert t.grad is not None and b.grad is not None and g.grad is None
+
+
+# --------------------------------------------------------------------------- forward values
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_forward_matches_hand_computed(shape, rng):
+    x, gamma, beta = make_inputs(rng, shape)
+    mean, var, _ = channel_stats(x)
+    y = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=True)
+    np.testing.assert_allclose(y.data, reference(x, gamma, beta, mean, var), rtol=1e-12, atol=1e-12)
+
+
+def test_tiny_hand_computed_case():
+    # one channel, values 1, 2, 3, 4: mean 2.5, biased variance 1.25
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)
+    y = F.batch_norm(Tensor(x), Tensor(np.array([2.0])), Tensor(np.array([1.0])), eps=0.0)
+    expected = 2.0 * (x - 2.5) / np.sqrt(1.25) + 1.0
+    np.testing.assert_allclose(y.data, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_running_stats_update_uses_unbiased_variance(shape, rng):
+    x, gamma, beta = make_inputs(rng, shape)
+    c = shape[1]
+    rm0, rv0 = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    rm, rv = rm0.copy(), rv0.copy()
+    F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), rm, rv, training=True, momentum=0.3)
+    mean, _, unbiased = channel_stats(x)
+    np.testing.assert_allclose(rm, 0.7 * rm0 + 0.3 * mean, rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.7 * rv0 + 0.3 * unbiased, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_uses_and_keeps_running_stats(shape, rng):
+    x, gamma, beta = make_inputs(rng, shape)
+    c = shape[1]
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    rm_before, rv_before = rm.copy(), rv.copy()
+    y = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), rm, rv, training=False)
+    np.testing.assert_allclose(y.data, reference(x, gamma, beta, rm, rv), rtol=1e-12)
+    np.testing.assert_array_equal(rm, rm_before)
+    np.testing.assert_array_equal(rv, rv_before)
+
+
+def test_no_running_stats_means_batch_stats_in_eval_too(rng):
+    x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
+    a = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=False)
+    b = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=True)
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_gamma_beta_none_mean_plain_normalisation(rng):
+    x = rng.standard_normal((5, 2, 3, 3))
+    y = F.batch_norm(Tensor(x), None, None).data
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1.0, rtol=1e-3)  # eps makes it a bit below 1
+
+
+def test_running_stats_update_under_no_grad_and_keep_their_dtype(rng):
+    x = rng.standard_normal((4, 3, 2, 2))  # float64 input, float32 buffers
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with miniran.no_grad():
+        F.batch_norm(Tensor(x), Tensor(np.ones(3)), Tensor(np.zeros(3)), rm, rv, training=True)
+    assert rm.dtype == np.float32 and rv.dtype == np.float32
+    np.testing.assert_allclose(rm, 0.1 * channel_stats(x)[0], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_batch_norm_validation(rng):
+    x = Tensor(rng.standard_normal((4, 3, 2, 2)))
+    g, b = Tensor(np.ones(3)), Tensor(np.zeros(3))
+    with pytest.raises(ValueError, match=r"x must be 4-D .* got shape \(4, 3, 2\)"):
+        F.batch_norm(Tensor(np.ones((4, 3, 2))), g, b)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(3,\)"):
+        F.batch_norm(x, Tensor(np.ones(4)), b)
+    with pytest.raises(ValueError, match=r"beta must have shape \(3,\)"):
+        F.batch_norm(x, g, Tensor(np.zeros(2)))
+    with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
+        F.batch_norm(x, g, b, np.zeros(3), np.ones(5))
+    with pytest.raises(ValueError, match="both running_mean and running_var"):
+        F.batch_norm(x, g, b, np.zeros(3), None)
+    with pytest.raises(TypeError, match="raw array"):
+        F.batch_norm(x, g, b, Tensor(np.zeros(3)), Tensor(np.ones(3)))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.batch_norm(Tensor(np.ones((1, 3))), g, b)
+
+
+# --------------------------------------------------------------------------- layer
+
+
+def test_batchnorm2d_layer(rng):
+    bn = nn.BatchNorm2d(3, momentum=0.2)
+    np.testing.assert_array_equal(bn.weight.data, np.ones(3, np.float32))
+    np.testing.assert_array_equal(bn.bias.data, np.zeros(3, np.float32))
+    assert bn.running_mean.dtype == np.float32 and bn.running_var.dtype == np.float32
+    np.testing.assert_array_equal(bn.running_mean, 0.0)
+    np.testing.assert_array_equal(bn.running_var, 1.0)
+    assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
+    assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
+
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * 2 + 1
+    y = bn(Tensor(x))  # training mode by default: batch statistics
+    mean, var, unbiased = channel_stats(x.astype(np.float64))
+    np.testing.assert_allclose(y.data, reference(x, np.ones(3), np.zeros(3), mean, var), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.running_mean, 0.2 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.running_var, 0.8 + 0.2 * unbiased, rtol=1e-5)
+
+    bn.eval()
+    rm, rv = bn.running_mean.copy(), bn.running_var.copy()
+    y = bn(Tensor(x))
+    np.testing.assert_allclose(y.data, reference(x, np.ones(3), np.zeros(3), rm, rv), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(bn.running_mean, rm)
+    np.testing.assert_array_equal(bn.running_var, rv)
+
+
+def test_batchnorm2d_trains_its_parameters(rng):
+    bn = nn.BatchNorm2d(2)
+    x = Tensor(rng.standard_normal((3, 2, 2, 2)).astype(np.float32))
+    bn(x).backward(rng.standard_normal((3, 2, 2, 2)).astype(np.float32))
+    assert bn.weight.grad.shape == (2,) and bn.bias.grad.shape == (2,)
+
+
+def test_batchnorm2d_validation():
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"x has 4 channels \(shape \(2, 4, 3, 3\)\) but num_features is 3"):
+        bn(Tensor(np.ones((2, 4, 3, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"x must be 4-D .* got shape \(2, 3\)"):
+        bn(Tensor(np.ones((2, 3), np.float32)))
+
+
+# --------------------------------------------------------------------------- GPU and torch
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gpu_matches_cpu(cp, training, rng):
+    x, gamma, beta = make_inputs(rng, (4, 3, 5, 5))
+    gy = rng.standard_normal(x.shape)
+    results = []
+    for xp in (np, cp):
+        rm, rv = xp.asarray(np.full(3, 0.5)), xp.asarray(np.full(3, 2.0))
+        t, g, b = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, gamma, beta))
+        F.batch_norm(t, g, b, rm, rv, training=training).backward(xp.asarray(gy))
+        results.append([miniran.backend.to_numpy(a) for a in (F.batch_norm(t, g, b, None, None).data, t.grad, g.grad, b.grad, rm, rv)])
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_matches_torch(shape, training, rng):
+    torch = pytest.importorskip("torch")
+    x, gamma, beta = make_inputs(rng, shape)
+    c = shape[1]
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    gy = rng.standard_normal(shape)
+
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    trm, trv = torch.tensor(rm), torch.tensor(rv)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tg, tb, training=training, momentum=0.1, eps=1e-5)
+    ty.backward(torch.tensor(gy))
+
+    mx, mg, mb = (Tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    mrm, mrv = rm.copy(), rv.copy()
+    my = F.batch_norm(mx, mg, mb, mrm, mrv, training=training, momentum=0.1, eps=1e-5)
+    my.backward(gy)
+    for ours, theirs in [(my.data, ty), (mx.grad, tx.grad), (mg.grad, tg.grad), (mb.grad, tb.grad), (mrm, trm), (mrv, trv)]:
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
