@@ -224,8 +224,9 @@ def test_gpu_matches_cpu(cp, training, rng):
     for xp in (np, cp):
         rm, rv = xp.asarray(np.full(3, 0.5)), xp.asarray(np.full(3, 2.0))
         t, g, b = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, gamma, beta))
-        F.batch_norm(t, g, b, rm, rv, training=training).backward(xp.asarray(gy))
-        results.append([miniran.backend.to_numpy(a) for a in (F.batch_norm(t, g, b, None, None).data, t.grad, g.grad, b.grad, rm, rv)])
+        y = F.batch_norm(t, g, b, rm, rv, training=training)
+        y.backward(xp.asarray(gy))
+        results.append([miniran.backend.to_numpy(a) for a in (y.data, t.grad, g.grad, b.grad, rm, rv)])
     for cpu, gpu in zip(*results):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
 
@@ -248,5 +249,6 @@ def test_matches_torch(shape, training, rng):
     mrm, mrv = rm.copy(), rv.copy()
     my = F.batch_norm(mx, mg, mb, mrm, mrv, training=training, momentum=0.1, eps=1e-5)
     my.backward(gy)
-    for ours, theirs in [(my.data, ty), (mx.grad, tx.grad), (mg.grad, tg.grad), (mb.grad, tb.grad), (mrm, trm), (mrv, trv)]:
+    pairs = [(my.data, ty), (mx.grad, tx.grad), (mg.grad, tg.grad), (mb.grad, tb.grad), (mrm, trm), (mrv, trv)]
+    for ours, theirs in pairs:
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -69,7 +69,9 @@ GRID = list(
 @pytest.mark.parametrize("k,s,p,ceil_mode,hw", GRID)
 def test_forward_matches_naive_loops(k, s, p, ceil_mode, hw, rng):
     x = shuffled_linspace((2, 3) + hw, rng)
-    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), k, s, p, ceil_mode).data, ref_pool(x, k, s, p, ceil_mode, "max"))
+    np.testing.assert_array_equal(
+        F.max_pool2d(Tensor(x), k, s, p, ceil_mode).data, ref_pool(x, k, s, p, ceil_mode, "max")
+    )
     for cip in (True, False):
         np.testing.assert_allclose(
             F.avg_pool2d(Tensor(x), k, s, p, ceil_mode, cip).data,
@@ -215,7 +217,7 @@ def test_validation(fn):
 
 
 def test_global_avg_pool_validation():
-    with pytest.raises(ValueError, match=r"global_avg_pool2d: x must be 4-D \(N, C, H, W\), got shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"global_avg_pool2d: x must be 4-D .* got shape \(2, 3\)"):
         F.global_avg_pool2d(Tensor(np.zeros((2, 3))))
 
 
@@ -260,7 +262,9 @@ def test_gpu_matches_cpu(cp, kind, k, s, p, ceil_mode, rng):
     np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-5, atol=1e-6)  # GPU adds in another order
 
 
-@pytest.mark.parametrize("k,s,p,ceil_mode", [(3, 2, 1, False), (3, 2, 1, True), (2, 2, 0, True), (3, 1, 0, False), (2, 1, 1, True)])
+@pytest.mark.parametrize(
+    "k,s,p,ceil_mode", [(3, 2, 1, False), (3, 2, 1, True), (2, 2, 0, True), (3, 1, 0, False), (2, 1, 1, True)]
+)
 @pytest.mark.parametrize("hw", [(7, 7), (8, 8), (5, 9)])
 def test_matches_torch(k, s, p, ceil_mode, hw, rng):
     torch = pytest.importorskip("torch")
@@ -274,7 +278,10 @@ def test_matches_torch(k, s, p, ceil_mode, hw, rng):
         gy = rng.standard_normal(tuple(ty.shape))
         ty.backward(torch.tensor(gy))
         mx = Tensor(x, requires_grad=True)
-        my = F.max_pool2d(mx, k, s, p, ceil_mode) if kind == "max" else F.avg_pool2d(mx, k, s, p, ceil_mode, cip)
+        if kind == "max":
+            my = F.max_pool2d(mx, k, s, p, ceil_mode)
+        else:
+            my = F.avg_pool2d(mx, k, s, p, ceil_mode, cip)
         my.backward(gy)
         np.testing.assert_allclose(my.data, ty.detach().numpy(), rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(mx.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15)

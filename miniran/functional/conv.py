@@ -117,7 +117,8 @@ def im2col(x, kernel_size, stride=1, padding=0):
         ``col`` of shape (C, KH, KW, N, OH, OW), contiguous, same dtype and
         array module as ``x``; ``col.reshape(C*KH*KW, N*OH*OW)`` is free.
     """
-    (kh, kw), (sy, sx), (ph, pw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    (sy, sx), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, sy, ph), conv_output_size(w, kw, sx, pw)
     xp = get_array_module(x)
@@ -131,7 +132,9 @@ def im2col(x, kernel_size, stride=1, padding=0):
         x_cn = _pad_channel_major(x_cn, ph, pw)
     col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for ky in range(kh):
-        # rows ky, ky+SY, ..., ky+(OH-1)*SY: the rows tap ky sees for the OH outputs
+        # rows ky, ky+SY, ..., ky+(OH-1)*SY: the rows tap ky sees for the OH outputs.
+        # Ending the slice exactly there (not at ky + OH*SY) is why, unlike
+        # Chainer, no extra SY-1 rows of padding are needed.
         rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
         for kx in range(kw):
             cols = slice(kx, kx + (ow - 1) * sx + 1, sx)

@@ -143,13 +143,16 @@ def batch_norm(
     if x.ndim not in (2, 4):
         raise ValueError(f"batch_norm: x must be 4-D (N, C, H, W) or 2-D (N, C), got shape {x.shape}")
     c = x.shape[1]
-    if gamma is None:
-        gamma = Tensor(get_array_module(x.data).ones(c, dtype=x.dtype))
-    if beta is None:
-        beta = Tensor(get_array_module(x.data).zeros(c, dtype=x.dtype))
+    xp = get_array_module(x.data)
+    gamma = Tensor(xp.ones(c, dtype=x.dtype)) if gamma is None else gamma
+    beta = Tensor(xp.zeros(c, dtype=x.dtype)) if beta is None else beta
+    gamma = gamma if isinstance(gamma, Tensor) else Tensor(as_array(gamma, like=x.data))
+    beta = beta if isinstance(beta, Tensor) else Tensor(as_array(beta, like=x.data))
     for name, t in (("gamma", gamma), ("beta", beta)):
         if tuple(t.shape) != (c,):
-            raise ValueError(f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(t.shape)}"
+            )
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: give both running_mean and running_var, or neither")
     if running_mean is not None:
@@ -157,14 +160,16 @@ def batch_norm(
             if isinstance(r, Tensor):
                 raise TypeError(f"batch_norm: {name} must be a raw array (a module buffer), not a Tensor")
             if tuple(r.shape) != (c,):
-                raise ValueError(f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(r.shape)}")
+                raise ValueError(
+                    f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(r.shape)}"
+                )
             if is_cupy_array(r) != is_cupy_array(x.data):
-                raise ValueError(f"batch_norm: {name} and x are on different devices; move the module with .to()")
+                raise ValueError(
+                    f"batch_norm: {name} and x are on different devices; move the module with .to()"
+                )
     use_batch_stats = bool(training) or running_mean is None
     if use_batch_stats and x.size // c <= 1:
         raise ValueError(
             f"batch_norm: training needs more than 1 value per channel, got x of shape {x.shape}"
         )
-    gamma = gamma if isinstance(gamma, Tensor) else Tensor(as_array(gamma, like=x.data))
-    beta = beta if isinstance(beta, Tensor) else Tensor(as_array(beta, like=x.data))
     return BatchNorm(running_mean, running_var, use_batch_stats, float(momentum), float(eps))(x, gamma, beta)

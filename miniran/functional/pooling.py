@@ -210,7 +210,8 @@ class AvgPool2d(_Pool2d):
         """
         sizes = []
         for d in range(2):
-            size, k, s, p, out = self.in_shape[2 + d], self.kernel[d], self.stride[d], self.pad[d], self.out[d]
+            size, k, s, p = self.in_shape[2 + d], self.kernel[d], self.stride[d], self.pad[d]
+            out = self.out[d]
             start = np.arange(out) * s - p  # window start in input coordinates
             end = np.minimum(start + k, size + p)  # clipped to the padded edge
             if not self.count_include_pad:

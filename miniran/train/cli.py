@@ -1,50 +1,148 @@
-"""The ``miniran`` command line (subcommands grow as the project does)."""
+"""The ``miniran`` command line: ``train``, ``eval``, ``plot`` and ``demo``.
+
+``python -m miniran train --help`` lists every option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from miniran.train.trainer import TrainConfig, TrainingDiverged
+
+DEMO_ARGS = ["--model", "attention56", "--dataset", "cifar10-sample", "--subset", "2000",
+             "--epochs", "3", "--batch-size", "64", "--schedule", "cosine", "--out", "runs/demo"]
 
 
-def _demo(args) -> int:
-    """Until the training command exists: fit a small MLP end to end."""
+def _add_train_options(p):
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help="a network of the model zoo (default %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, choices=["cifar10", "cifar100", "cifar10-sample"])
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (else $MINIRAN_DATA, else the cache)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train")
+    p.add_argument("--max-steps", type=int, default=None, help="iterations to train (the paper: 160000)")
+    p.add_argument("--subset", type=int, default=None, help="train on N images, balanced per class")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on N test images, balanced per class")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--schedule", default=d.schedule, choices=["paper", "cosine"],
+                   help="paper: /10 at 40%% and 60%% of the run; cosine: cosine decay to 0")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--attention", default=d.attention, choices=["mixed", "channel", "spatial"])
+    p.add_argument("--nal", action="store_true", help="naive attention learning M*T instead of (1+M)*T")
+    p.add_argument("--mask", default=d.mask, choices=["encoder_decoder", "local_conv"])
+    p.add_argument("--mask-bn", action="store_true", help="batch norm right before the mask activation")
+    p.add_argument("--label-noise", type=float, default=0.0, help="fraction of corrupted training labels, 1 - r (Table 5)")
+    p.add_argument("--normalize", default=d.normalize, choices=["pixel", "channel"],
+                   help="pixel: subtract the mean image (paper); channel: per-channel standardisation")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no padding/crop/flip")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out, help="output folder: metrics.jsonl, checkpoint.npz, curves.png")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _config_from_args(args) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _run_training(args) -> int:
+    from miniran.train.plot import plot_curves
+    from miniran.train.trainer import train
+
+    config = _config_from_args(args)
+    try:
+        train(config, resume=args.resume, progress=args.progress)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with the same --out and --resume ({config.out})", file=sys.stderr)
+        return 130
+    curves = plot_curves(config.out)
+    print(f"learning curves: {curves}")
+    print(f"checkpoint:      {os.path.join(config.out, 'checkpoint.npz')}")
+    print(f"metrics:         {os.path.join(config.out, 'metrics.jsonl')}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    return _run_training(args)
+
+
+def _cmd_demo(args) -> int:
+    parser = argparse.ArgumentParser()
+    _add_train_options(parser)
+    demo_args = parser.parse_args(DEMO_ARGS + (["--no-progress"] if not args.progress else []))
+    demo_args.resume = False
+    print("miniran demo: Attention-56 on 2,000 real CIFAR-10 images shipped with the package "
+          "(3 epochs, a few minutes on a laptop CPU)")
+    print("equivalent command: miniran train " + " ".join(DEMO_ARGS))
+    return _run_training(demo_args)
+
+
+def _cmd_eval(args) -> int:
     import numpy as np
 
-    import miniran
-    import miniran.functional as F
-    from miniran import nn, optim
+    from miniran import data
+    from miniran.train.checkpoint import Checkpoint
+    from miniran.train.trainer import TrainConfig, build_model, evaluate
 
-    rng = np.random.default_rng(0)
-    n = 1000
-    t = rng.uniform(0.25, 1.0, size=n) * 3 * np.pi
-    y = rng.integers(0, 2, size=n)
-    sign = np.where(y == 1, 1.0, -1.0)
-    x = (np.stack([sign * t * np.cos(t), sign * t * np.sin(t)], 1) / 10).astype(np.float32)
-    model = nn.Sequential(nn.Linear(2, 64, rng=rng), nn.ReLU(), nn.Linear(64, 64, rng=rng), nn.ReLU(), nn.Linear(64, 2, rng=rng))
-    opt = optim.SGD(model.parameters(), lr=0.1)
-    sched = optim.CosineLR(opt, 2000)
-    for step in range(2000):
-        idx = rng.integers(0, n, size=64)
-        loss = F.cross_entropy(model(miniran.Tensor(x[idx])), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 400 == 0:
-            print(f"step {step:5d}  loss {float(loss.data):.4f}  lr {opt.lr:.4f}")
-    with miniran.no_grad():
-        acc = float((model(miniran.Tensor(x)).data.argmax(1) == y).mean())
-    print(f"two-spirals accuracy: {acc:.3f}")
+    ckpt = Checkpoint(args.checkpoint)
+    config = TrainConfig(**ckpt.config)
+    dataset = args.dataset or config.dataset
+    images, labels = data.load_dataset(dataset, args.data_dir or config.data_dir, train=False)
+    k = data.num_classes(dataset)
+    model = build_model(config, k)
+    model.load_state_dict(ckpt.model)
+    if args.device == "gpu":
+        model.to("gpu")
+    result = evaluate(model, images, labels, ckpt.mean, ckpt.std, batch_size=500, device=args.device, num_classes=k)
+    names = data.class_names(dataset)
+    print(f"{config.model} from {args.checkpoint} (step {ckpt.step}, epoch {ckpt.epoch})")
+    print(f"test accuracy on {dataset} ({result['count']} images): {100 * result['acc']:.2f}%  loss {result['loss']:.4f}")
+    for name, acc in zip(names, result["per_class"]):
+        print(f"  {name:<14} {'n/a' if np.isnan(acc) else f'{100 * acc:6.2f}%'}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from miniran.train.plot import plot_curves
+
+    print(plot_curves(args.run_dir, args.output))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miniran", description="Residual Attention Networks on NumPy/CuPy")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a small end-to-end example")
-    demo.set_defaults(func=_demo)
+    p = sub.add_parser("train", help="train a network of the model zoo on CIFAR")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="test accuracy (overall and per class) of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("plot", help="draw the learning curves of a run to a PNG")
+    p.add_argument("run_dir")
+    p.add_argument("--output", default=None, help="PNG path (default RUN_DIR/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+    p = sub.add_parser("demo", help="train Attention-56 on the embedded CIFAR-10 sample for a few minutes")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        # bad options, missing data or checkpoints: one clear line, no traceback
+        print(f"miniran {args.command}: error: {exc}", file=sys.stderr)
+        return 2
