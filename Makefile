@@ -31,6 +31,12 @@ test-gpu: $(VENV)/.stamp-test
 
 bench: $(VENV)/.stamp-base
 	$(PY) benchmarks/bench_functions.py
+	$(PY) benchmarks/bench_model.py
+
+## make notebooks: open the tutorials in JupyterLab
+notebooks: $(VENV)/.stamp-base
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab tutorials/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

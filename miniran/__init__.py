@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
-    """Create a tensor (float32 by default for Python data)."""
+    """Create a tensor (Python floats become float32, the default dtype; integers stay integers)."""
     t = Tensor(data, requires_grad=False)
     if dtype is not None:
         t = Tensor(t.data.astype(dtype))

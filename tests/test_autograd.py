@@ -122,6 +122,7 @@ def test_backward_needs_grad_for_non_scalar():
 
 def test_default_dtype_is_float32_and_arrays_keep_theirs():
     assert Tensor([1, 2.5]).dtype == np.float32
+    assert Tensor([1, 2]).dtype.kind == "i"  # Python integers stay integers (labels)
     assert miniran.tensor([[1.0]]).dtype == np.float32
     assert Tensor(np.zeros(2, dtype=np.float64)).dtype == np.float64
     assert Tensor(np.arange(3)).dtype.kind == "i"

@@ -210,7 +210,7 @@ def test_gradcheck_directional_bigger(stride, padding, k, rng):
     x = rng.standard_normal((4, 8, 12, 10))
     w = rng.standard_normal((16, 8, k, k))
     b = rng.standard_normal(16)
-    # 5e-4 / 5e-3: Chainer's conv tolerances (docs/craft.md item 9)
+    # 5e-4 / 5e-3: Chainer's conv tolerances (their gradient-check defaults for convolution)
     gradcheck(
         lambda *t: F.conv2d(*t, stride=stride, padding=padding), [x, w, b],
         mode="directional", atol=5e-4, rtol=5e-3,

@@ -154,3 +154,12 @@ def test_gpu_training_matches_cpu_for_a_few_steps(tmp_path, cp):
     cpu = train(tiny_config(tmp_path / "cpu", max_steps=3), progress=False, log=lambda *a: None)
     gpu = train(tiny_config(tmp_path / "gpu", max_steps=3, device="gpu"), progress=False, log=lambda *a: None)
     assert gpu[0]["train_loss"] == pytest.approx(cpu[0]["train_loss"], rel=1e-3)
+
+
+def test_resume_keeps_the_saved_device_unless_given(tmp_path):
+    """`--resume` without `--device` must not move a GPU run to the CPU: the option stays
+    unset, so train() keeps the device stored in the checkpoint's config."""
+    args = cli.build_parser().parse_args(["train", "--resume", "--out", str(tmp_path)])
+    assert cli._config_from_args(args).device is None
+    args = cli.build_parser().parse_args(["train", "--resume", "--device", "cpu", "--out", str(tmp_path)])
+    assert cli._config_from_args(args).device == "cpu"

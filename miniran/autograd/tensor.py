@@ -109,9 +109,10 @@ class Tensor:
     """An n-dimensional array that records the operations applied to it.
 
     Args:
-        data: a NumPy/CuPy array, a Python scalar or a nested list. Python data
-            becomes ``float32`` (the default dtype); arrays keep their dtype,
-            so float64 arrays stay float64 (as gradient checks need).
+        data: a NumPy/CuPy array, a Python scalar or a nested list. Python
+            floats become ``float32`` (the default dtype) and Python integers an
+            integer dtype; arrays keep their dtype, so float64 arrays stay
+            float64 (as gradient checks need).
         requires_grad: whether gradients should be computed for this tensor.
         name: optional label used in error messages and summaries.
 

@@ -3,8 +3,7 @@
 The soft mask branch of the Residual Attention Network (paper section 3.2,
 Fig. 2) pools down to a small map and then expands it again with bilinear
 interpolation, each time to the size of a *reference* map (Caffe's ``Interp``
-layer takes its output size from a second input; see docs/paper-notes.md
-section 6.2). :func:`interpolate_bilinear` is that operation, with PyTorch's
+layer takes its output size from a second input; see docs/models.md). :func:`interpolate_bilinear` is that operation, with PyTorch's
 exact semantics for both values of ``align_corners``.
 
 Notation:
@@ -185,7 +184,7 @@ def interpolate_bilinear(x, size, align_corners=True) -> Tensor:
         align_corners: ``True`` (default) maps corner pixel to corner pixel,
             the ``(in - 1) / (out - 1)`` ratio of the DeepLab-style ``Interp``
             layer the official Caffe model uses (assumed from other copies of
-            that code; docs/paper-notes.md section 6.2). ``False`` maps pixel
+            that code; docs/models.md). ``False`` maps pixel
             centres (PyTorch's default, half-pixel offsets). See
             :func:`_indices_and_weights` for the formulas.
 

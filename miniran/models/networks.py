@@ -126,7 +126,7 @@ def attention56(num_classes=10, seed=0, pools=(3, 2, 1), **options):
 
 
 def attention92(num_classes=10, seed=0, pools=(3, 2, 1), **options):
-    """Attention-92 for 32x32 input: m = 2 modules per stage (paper section 5: 1.9M params)."""
+    """Attention-92 for 32x32 input: m = 2 modules per stage (Table 6: 1.9M params)."""
     return _cifar_attention(2, num_classes, seed, pools, **options)
 
 

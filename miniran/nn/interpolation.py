@@ -10,7 +10,7 @@ class UpsampleBilinear(Module):
     """Bilinear resize of (N, C, H, W) to the spatial size of a reference.
 
     The mask branch of an attention module (paper section 3.2; Caffe's
-    ``Interp`` layer with two bottoms, docs/paper-notes.md section 6.2) resizes
+    ``Interp`` layer with two bottoms, docs/models.md) resizes
     a small map back to the size of an earlier one. Passing that earlier map
     as ``ref`` keeps sizes out of the model definition, so the same module
     works for 32x32 CIFAR and 224x224 ImageNet inputs.

@@ -37,7 +37,8 @@ def _add_train_options(p):
     p.add_argument("--normalize", default=d.normalize, choices=["pixel", "channel"],
                    help="pixel: subtract the mean image (paper); channel: per-channel standardisation")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no padding/crop/flip")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--device", default=None, choices=["cpu", "gpu"],
+                   help="cpu (default) or gpu; with --resume, the saved run's device unless given")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="output folder: metrics.jsonl, checkpoint.npz, curves.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")

@@ -54,7 +54,7 @@ class TrainConfig:
     label_noise: float = 0.0
     normalize: str = "pixel"
     augment: bool = True
-    device: str = "cpu"
+    device: str | None = None  # None: the CPU (or, on --resume, the device of the saved run)
     seed: int = 0
     out: str = "runs/run"
     eval_batch_size: int = 500

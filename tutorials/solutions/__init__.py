@@ -1,0 +1,1 @@
+"""Solutions to the exercises of the tutorial notebooks, one importable module per notebook."""
