@@ -203,3 +203,30 @@ def test_residual_unit_built_from_the_solutions_gradcheck(rng):
     x = rng.standard_normal((2, 8, 4, 4))
     np.testing.assert_allclose(unit(Tensor(x)).data, reference(Tensor(x)).data, rtol=1e-12, atol=1e-12)
     assert miniran.gradcheck(lambda t, *ps: unit(t), [x, *unit.parameters()], mode="directional")
+
+
+# --------------------------------------------------------------------------- the notebooks themselves
+
+
+NOTEBOOKS = {
+    "01_arrays_and_backends": "nb01_arrays",
+    "02_autograd_and_gradcheck": "nb02_autograd",
+    "03_convolution_by_hand": "nb03_convolution",
+    "04_batchnorm_pooling_interpolation": "nb04_pooling",
+    "05_residual_units": "nb05_residual",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_is_stored_clean_and_loads_its_solution(name):
+    """Valid nbformat 4, no outputs, ends with Summary/Exercises and a cell importing its solution."""
+    nbformat = pytest.importorskip("nbformat")
+    path = Path(__file__).resolve().parents[1] / "tutorials" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "notebook stored with outputs"
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "## Summary" in markdown and "## Exercises" in markdown
+    assert f"from solutions.{NOTEBOOKS[name]} import" in nb.cells[-1].source
