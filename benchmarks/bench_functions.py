@@ -50,6 +50,14 @@ if str(REPO) not in sys.path:
 
 BATCH = 64
 
+
+def default_threads() -> int:
+    """The cores this process may run on (the affinity mask, else the core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -152,14 +160,34 @@ def fmt_ratio(r) -> str:
     return "-" if r is None else f"{r:.2f}"
 
 
+def gpu_setup(torch_mod=None) -> None:
+    """Exit with miniran's explanation when no GPU is usable; make torch compute in full FP32.
+
+    torch runs float32 convolutions on tensor cores in TF32 by default (about
+    10 mantissa bits); CuPy's float32 products do not. Both are put on the same
+    footing, plain FP32, so the ratio compares the same arithmetic.
+    """
+    from miniran import backend
+
+    try:
+        backend.check_cuda_available()
+    except RuntimeError as exc:
+        sys.exit(f"--device gpu: {exc}")
+    if torch_mod is not None:
+        torch_mod.backends.cudnn.allow_tf32 = False
+        torch_mod.backends.cuda.matmul.allow_tf32 = False
+
+
 # --------------------------------------------------------------------------- the cases
 
 
 class Case:
     """One function at one shape.
 
-    ``build(xp_or_torch, device)`` functions return ``(fwd, fwd_bwd)`` callables;
-    ``col_bytes`` is the im2col matrix of a conv (None for other functions).
+    ``mr_build()`` returns miniran's ``(fwd, fwd_bwd)`` callables and
+    ``torch_build(torch, device)`` torch's; ``target`` is the ratio to stay
+    within (None: no target); ``col_bytes`` is the size of a conv's im2col
+    matrix (None for other functions).
     """
 
     def __init__(self, group, name, shape, mr_build, torch_build, target=None, col_bytes=None):
@@ -417,10 +445,10 @@ def _met(row):
 
 def markdown_table(rows, with_torch: bool) -> str:
     if with_torch:
-        head = ["function", "shape", "im2col MB", "miniran fwd ms", "torch fwd ms", "ratio fwd",
+        head = ["function", "shape", "im2col MiB", "miniran fwd ms", "torch fwd ms", "ratio fwd",
                 "miniran f+b ms", "torch f+b ms", "ratio f+b", "target", "met"]
     else:
-        head = ["function", "shape", "im2col MB", "miniran fwd ms", "miniran f+b ms"]
+        head = ["function", "shape", "im2col MiB", "miniran fwd ms", "miniran f+b ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     for r in rows:
         col = "-" if r["col_bytes"] is None else f"{r['col_bytes'] / 2**20:.1f}"
@@ -440,7 +468,8 @@ def group_summary(rows) -> str:
     groups = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
-    lines = ["| group | cases | geo-mean ratio fwd | geo-mean ratio f+b | worst f+b | sum miniran f+b ms | sum torch f+b ms |",
+    lines = ["| group | cases | geo-mean ratio fwd | geo-mean ratio f+b | worst f+b "
+             "| sum miniran f+b ms | sum torch f+b ms |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for g, rs in groups.items():
         def gm(key):
@@ -455,7 +484,7 @@ def group_summary(rows) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+    parser.add_argument("--threads", type=int, default=default_threads(),
                         help="BLAS / OpenMP / torch threads (default: the number of cores, %(default)s)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: NumPy vs torch CPU; gpu: CuPy vs torch CUDA")
@@ -485,7 +514,9 @@ def main(argv=None):
         torch = None
     if torch is not None:
         torch.set_num_threads(args.threads)
-        if args.device == "gpu" and not torch.cuda.is_available():
+    if args.device == "gpu":
+        gpu_setup(torch)
+        if torch is not None and not torch.cuda.is_available():
             print("torch has no CUDA device: timing miniran (CuPy) only", file=sys.stderr)
             torch = None
 

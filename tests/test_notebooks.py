@@ -63,6 +63,7 @@ def _failure_report(path, index, cell, exc):
 def test_notebook_runs(path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
     # the kernel is a child process: it inherits these
     monkeypatch.setenv("MINIRAN_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -33,13 +33,14 @@ The backward pass reuses the same two pieces (Chainer's scheme)::
     gx  = col2im(w.T (C*KH*KW, O) @ gy)      -> (N, C, H, W)
     gb  = gy.sum over (N, OH, OW)
 
-``gw`` is a product with a very long inner dimension (N*OH*OW, 65,536 in the
-first stage of a CIFAR network at batch 64) between two short matrices. When
-``col`` has more rows than ``gy`` (C*KH*KW > O, true of every 3x3 conv) it is
-computed as ``(col @ gy.T).T`` instead: the same numbers, the same single
-product, but OpenBLAS runs it 1.2-1.5x faster on one thread and avoids a
-pathologically slow case of its two-thread code, and the transpose of the
-small (C*KH*KW, O) result costs nothing (docs/performance.md has the figures).
+``gw`` is a product of two short, wide matrices over a very long inner
+dimension (N*OH*OW: 65,536 in the first stage of a CIFAR network at batch 64).
+When ``col`` has more rows than ``gy`` (C*KH*KW > O, true of every 3x3 conv)
+it is computed as ``(col @ gy.T).T`` instead. It is the same single product
+with the same result. OpenBLAS runs it 1.2-1.4x faster on one thread, and
+with two threads it avoids stalls that the other order showed. Transposing
+the small (C*KH*KW, O) result back costs almost nothing. docs/performance.md
+has the figures.
 
 ``col2im`` is the adjoint of ``im2col``: it adds every column entry back onto
 the input pixel it was copied from.
