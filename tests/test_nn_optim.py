@@ -220,3 +220,15 @@ def test_cosine_schedule():
     assert sched.lr_at(100) == pytest.approx(0.0)
     sched.load_state_dict({"last_step": 50, "base_lr": 0.2})
     assert opt.lr == pytest.approx(0.1)
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path, rng):
+    """The atomic write goes through mkstemp (0600); the final file follows the umask."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        MLP(rng).save(tmp_path / "m.npz")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
