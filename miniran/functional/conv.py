@@ -54,7 +54,6 @@ contributions itself (no atomics, so the result is deterministic).
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import numpy as np
@@ -201,52 +200,49 @@ def _pad_channel_major(x_cn, ph, pw):
 # --------------------------------------------------------------------------- GPU kernels
 
 
-@functools.lru_cache(maxsize=None)
-def _gpu_kernels():
-    """Build the two CuPy kernels once (CuPy then compiles them once per dtype)."""
-    cp = backend.cupy_module()
-    # Note: `i` (the thread's element index) and `n` are reserved names in
-    # ElementwiseKernel code, so the batch index is called `b` here.
-    im2col_kernel = cp.ElementwiseKernel(
-        "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
-        "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
-        "T col",
-        """
-        // One thread per element of col, laid out (C, KH, KW, N, OH, OW):
-        // peel the six indices off the flat index i, last axis first.
-        ptrdiff_t rest = i;
-        const int ox = rest % out_w;  rest /= out_w;
-        const int oy = rest % out_h;  rest /= out_h;
-        const int b  = rest % batch;  rest /= batch;
-        const int kx = rest % kw;     rest /= kw;
-        const int ky = rest % kh;     rest /= kh;
-        const int c  = rest;
-        // the input pixel under tap (ky, kx) of output (oy, ox)
-        const int y  = oy * sy - ph + ky;
-        const int xx = ox * sx - pw + kx;
-        if (0 <= y && y < h && 0 <= xx && xx < w) {
+# Note: `i` (the thread's element index) and `n` are reserved names in
+# ElementwiseKernel code, so the batch index is called `b` here.
+_IM2COL_KERNEL = backend.elementwise_kernel(
+    "miniran_im2col",
+    "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
+    "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
+    "T col",
+    """
+    // One thread per element of col, laid out (C, KH, KW, N, OH, OW):
+    // peel the six indices off the flat index i, last axis first.
+    ptrdiff_t rest = i;
+    const int ox = rest % out_w;  rest /= out_w;
+    const int oy = rest % out_h;  rest /= out_h;
+    const int b  = rest % batch;  rest /= batch;
+    const int kx = rest % kw;     rest /= kw;
+    const int ky = rest % kh;     rest /= kh;
+    const int c  = rest;
+    // the input pixel under tap (ky, kx) of output (oy, ox)
+    const int y  = oy * sy - ph + ky;
+    const int xx = ox * sx - pw + kx;
+    if (0 <= y && y < h && 0 <= xx && xx < w) {
             col = img[(((ptrdiff_t)b * channels + c) * h + y) * w + xx];
-        } else {
+    } else {
             col = (T)0;  // zero padding
-        }
-        """,
-        "miniran_im2col",
-    )
-    col2im_kernel = cp.ElementwiseKernel(
-        "raw T col, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
-        "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
-        "T img",
-        """
-        // One thread per input pixel of img (N, C, H, W): *gather* every col
-        // entry that was copied from this pixel. Each thread writes only its
-        // own pixel, so no atomics are needed and the sum order is fixed.
-        ptrdiff_t rest = i;
-        const int xx = rest % w;         rest /= w;
-        const int y  = rest % h;         rest /= h;
-        const int c  = rest % channels;  rest /= channels;
-        const int b  = rest;
-        T acc = (T)0;
-        for (int ky = 0; ky < kh; ++ky) {
+    }
+    """,
+)
+_COL2IM_KERNEL = backend.elementwise_kernel(
+    "miniran_col2im",
+    "raw T col, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
+    "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
+    "T img",
+    """
+    // One thread per input pixel of img (N, C, H, W): *gather* every col
+    // entry that was copied from this pixel. Each thread writes only its
+    // own pixel, so no atomics are needed and the sum order is fixed.
+    ptrdiff_t rest = i;
+    const int xx = rest % w;         rest /= w;
+    const int y  = rest % h;         rest /= h;
+    const int c  = rest % channels;  rest /= channels;
+    const int b  = rest;
+    T acc = (T)0;
+    for (int ky = 0; ky < kh; ++ky) {
             // tap ky of output row oy reads padded row oy*sy + ky = y + ph
             const int ty = y + ph - ky;
             if (ty < 0 || ty % sy != 0) continue;
@@ -260,12 +256,10 @@ def _gpu_kernels():
                 acc += col[((((ptrdiff_t)c * kh + ky) * kw + kx) * batch + b) * out_h * out_w
                            + (ptrdiff_t)oy * out_w + ox];
             }
-        }
-        img = acc;
-        """,
-        "miniran_col2im",
-    )
-    return im2col_kernel, col2im_kernel
+    }
+    img = acc;
+    """,
+)
 
 
 def _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow):
@@ -273,7 +267,7 @@ def _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow):
     n, c, h, w = x.shape
     x = cp.ascontiguousarray(x)  # the kernel indexes the raw buffer as (N, C, H, W)
     col = cp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    _gpu_kernels()[0](x, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, col)
+    _IM2COL_KERNEL(x, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, col)
     return col
 
 
@@ -282,7 +276,7 @@ def _col2im_gpu(col, n, c, h, w, sy, sx, ph, pw):
     _, kh, kw, _, oh, ow = col.shape
     col = cp.ascontiguousarray(col)
     img = cp.empty((n, c, h, w), dtype=col.dtype)
-    _gpu_kernels()[1](col, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, img)
+    _COL2IM_KERNEL(col, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, img)
     return img
 
 
