@@ -11,6 +11,8 @@ This is the lowest layer of the package; it imports nothing from miniran.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 #: dtype of new floating-point tensors and parameters.
@@ -23,9 +25,11 @@ _gpu_usable: bool | None = None
 _gpu_error: BaseException | None = None
 
 INSTALL_HINT = (
-    "Install the CuPy build that matches your CUDA driver, e.g. "
-    "`pip install -e '.[cuda12]'` (CUDA 12.x) or `pip install -e '.[cuda13]'` "
-    "(CUDA 13.x); `nvidia-smi` shows the CUDA version your driver supports."
+    "Install the CuPy build that matches your CUDA driver together with the CUDA "
+    "libraries it needs (NVRTC, cuBLAS, ...): `pip install -e '.[cuda12]'` (CUDA 12.x "
+    "driver) or `pip install -e '.[cuda13]'` (CUDA 13.x driver); these extras install "
+    "`cupy-cudaNNx[ctk]`, which brings the CUDA libraries as wheels, so only the NVIDIA "
+    "driver is needed. `nvidia-smi` shows the CUDA version your driver supports."
 )
 
 
@@ -81,35 +85,65 @@ def cupy_module():
     return _cupy
 
 
+def _cupy_ndarray_type():
+    """CuPy's ndarray class if CuPy has been imported by anyone, else None.
+
+    Looks in ``sys.modules`` as well as at miniran's own import, so an array made
+    by a user who imported CuPy before miniran did is still recognised, and a
+    type check never triggers the (slow) CuPy import itself.
+    """
+    cp = _cupy if _cupy is not None else sys.modules.get("cupy")
+    return getattr(cp, "ndarray", None)
+
+
 def is_cupy_array(array) -> bool:
-    cp = _cupy  # never trigger the import just to check a type
-    return cp is not None and isinstance(array, cp.ndarray)
+    """True for a raw CuPy array (not for a miniran Tensor holding one)."""
+    nd = _cupy_ndarray_type()
+    return nd is not None and isinstance(array, nd)
 
 
 def get_array_module(*arrays):
     """Return ``numpy`` or ``cupy``, whichever holds the given arrays.
 
-    Accepts raw arrays, Python scalars and miniran tensors (anything with a
-    ``.data`` attribute holding an array). NumPy is returned unless at least one
-    argument is a CuPy array.
+    Accepts raw arrays (NumPy or CuPy), Python and NumPy scalars, ``None`` and
+    miniran tensors. NumPy is returned unless at least one argument is a CuPy
+    array or a tensor holding one. Raw arrays are checked first: a CuPy array
+    also has a ``.data`` attribute (its device memory pointer), which must not
+    be mistaken for a tensor's data.
     """
+    nd = _cupy_ndarray_type()
+    if nd is None:
+        return np
     for a in arrays:
-        data = getattr(a, "data", a) if not isinstance(a, np.ndarray) else a
-        if is_cupy_array(data):
-            return _cupy
+        if isinstance(a, nd) or isinstance(getattr(a, "data", None), nd):
+            return _cupy if _cupy is not None else sys.modules["cupy"]
     return np
 
 
 def normalize_device(device) -> str:
-    """Map user spellings ('cpu', 'gpu', 'cuda', 'cuda:0') to 'cpu' or 'gpu'."""
+    """Map user spellings ('cpu', 'gpu', 'cuda', 'cuda:0') to 'cpu' or 'gpu'.
+
+    miniran drives one GPU, CuPy's current device. ``cuda:N`` with N other than
+    0 is refused rather than silently meaning device 0: choose the card with
+    ``CUDA_VISIBLE_DEVICES=N``, which makes it device 0 for the process.
+    """
     if device is None:
         return "cpu"
-    name = str(device).lower()
+    name = str(device).strip().lower()
     if name == "cpu":
         return "cpu"
-    if name in ("gpu", "cuda") or name.startswith("cuda:"):
+    if name in ("gpu", "cuda"):
         return "gpu"
-    raise ValueError(f"device must be 'cpu' or 'gpu' (or 'cuda'), got {device!r}")
+    for prefix in ("cuda:", "gpu:"):
+        if name.startswith(prefix):
+            index = name[len(prefix):]
+            if index == "0":
+                return "gpu"
+            if index.isdigit():
+                raise ValueError(
+                    f"device {device!r}: miniran uses one GPU, device 0; to run on GPU {index}, "
+                    f"start Python with CUDA_VISIBLE_DEVICES={index} and pass device='gpu'")
+    raise ValueError(f"device must be 'cpu' or 'gpu' (or 'cuda', 'cuda:0'), got {device!r}")
 
 
 def device_of(array) -> str:

@@ -8,9 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import miniran
-
 ROOT = Path(__file__).resolve().parents[1]
+STANDIN_DIR = ROOT / "tests" / "standin"
+
+# MINIRAN_CUPY_STANDIN=1 puts the CPU stand-in for CuPy (tests/standin) in front
+# of any real CuPy, before miniran can import it, so every GPU code path runs
+# here; subprocesses started by the tests (the `miniran` command) inherit it.
+USING_STANDIN = os.environ.get("MINIRAN_CUPY_STANDIN") == "1"
+if USING_STANDIN:
+    import sys
+
+    sys.path.insert(0, str(STANDIN_DIR))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(STANDIN_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+import miniran  # noqa: E402  (after the stand-in is on the path)
 CIFAR10_DIR = Path(os.environ.get("MINIRAN_CIFAR10_DIR", ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"))
 
 requires_gpu = pytest.mark.skipif(not miniran.cuda_available(), reason="no usable CUDA GPU (CuPy missing or no device)")
@@ -39,11 +51,9 @@ def cifar10_dir():
     return CIFAR10_DIR
 
 
-@pytest.fixture
-def cp():
-    """CuPy, for NumPy-vs-CuPy agreement tests; skips visibly without a usable GPU."""
-    if not miniran.cuda_available():
-        pytest.skip("no usable CUDA GPU (CuPy missing or no device)")
+@pytest.fixture(params=[pytest.param("cupy", marks=[pytest.mark.gpu, requires_gpu])])
+def cp(request):
+    """CuPy, for NumPy-vs-CuPy agreement tests; marked `gpu`, skips visibly without a usable GPU."""
     import cupy
 
     return cupy

@@ -276,7 +276,8 @@ class Max(Function):
         xp = get_array_module(gy)
         if not self.keepdims:
             gy = xp.expand_dims(gy, self.axes) if self.axes else gy
-        count = self.mask.sum(axis=self.axes, keepdims=True)
+        # the count is an integer array: cast it, or float32 / int64 gives float64
+        count = self.mask.sum(axis=self.axes, keepdims=True).astype(gy.dtype)
         return gy * self.mask / count
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from miniran.autograd import Function, Tensor, as_array
 from miniran.backend import get_array_module, is_cupy_array
 
@@ -59,7 +61,15 @@ class CrossEntropy(Function):
         self.labels = labels
         self.log_p = _log_softmax_array(logits, 1)
         n = logits.shape[0]
-        return -self.log_p[xp.arange(n), labels].mean()
+        loss = -self.log_p[xp.arange(n), labels].mean()
+        if xp is not np:
+            # CuPy wraps out-of-range indices instead of raising, and checking on
+            # the host would make it wait for the GPU every step: poison the
+            # loss instead, so the training loop's NaN check stops the run.
+            k = logits.shape[1]
+            bad = ((labels < 0) | (labels >= k)).any()
+            loss = xp.where(bad, loss.dtype.type(np.nan), loss)
+        return loss
 
     def backward(self, gy):
         xp = get_array_module(gy)
@@ -91,6 +101,7 @@ def cross_entropy(logits, labels) -> Tensor:
         raise ValueError(f"cross_entropy: labels must be integer class indices, got dtype {labels_arr.dtype}")
     k = logits.shape[1]
     # range check on the CPU only: on the GPU it would force a sync every step
+    # (there an out-of-range label makes the loss NaN; see CrossEntropy.forward)
     if not is_cupy_array(labels_arr) and labels_arr.size and (int(labels_arr.min()) < 0 or int(labels_arr.max()) >= k):
         raise ValueError(f"cross_entropy: labels must lie in [0, {k}), got range "
                          f"[{int(labels_arr.min())}, {int(labels_arr.max())}]")

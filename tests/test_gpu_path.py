@@ -1,0 +1,152 @@
+"""The GPU path: defects found when it first ran, and the fused kernels.
+
+Tests marked ``gpu`` run on a real GPU when one is usable, and everywhere under
+the CuPy stand-in (``MINIRAN_CUPY_STANDIN=1``, see tests/standin/README.md).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import miniran
+import miniran.functional as F
+from miniran import backend, data, nn, optim
+from miniran.autograd import Tensor
+
+from conftest import ROOT, STANDIN_DIR, USING_STANDIN
+
+
+# --------------------------------------------------------------------------- array module
+
+
+@pytest.mark.gpu
+def test_get_array_module_sees_raw_cupy_arrays(cp):
+    a = cp.ones(3, dtype=cp.float32)
+    # a CuPy array has a `.data` attribute (its memory pointer): not a tensor's data
+    assert backend.get_array_module(a) is cp
+    assert backend.get_array_module(np.ones(2), 2.0, a) is cp
+    assert backend.get_array_module(None, Tensor(a)) is cp
+    assert backend.get_array_module(np.ones(2), 3) is np
+    assert backend.is_cupy_array(a) and not backend.is_cupy_array(Tensor(a))
+
+
+@pytest.mark.gpu
+def test_scalar_operands_and_functions_take_raw_cupy_arrays(cp, rng):
+    """`(1 + mask) * trunk` and every vision function on CuPy inputs stay on the GPU."""
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    t = Tensor(cp.asarray(x), requires_grad=True)
+    y = (1 + F.sigmoid(t)) * t
+    for out in (y, F.conv2d(t, Tensor(cp.ones((4, 3, 3, 3), dtype=cp.float32)), padding=1),
+                F.max_pool2d(t, 3, 2, 1), F.interpolate_bilinear(t, (16, 16))):
+        assert isinstance(out.data, cp.ndarray) and out.dtype == np.float32
+
+
+@pytest.mark.skipif(not USING_STANDIN, reason="needs the CuPy stand-in to import `cupy` before miniran")
+def test_tensor_from_cupy_imported_by_the_user_first():
+    """CuPy imported by the user, not yet by miniran: Tensor(cupy_array) must work."""
+    code = (
+        "import cupy as cp\n"
+        "import miniran\n"
+        "from miniran import backend\n"
+        "assert backend._cupy is None  # miniran has not imported CuPy itself\n"
+        "t = miniran.Tensor(cp.ones(3, dtype=cp.float32))\n"
+        "assert isinstance(t.data, cp.ndarray) and t.device == 'gpu'\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDIN_DIR), str(ROOT)]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@pytest.mark.parametrize("name", ["cuda:1", "gpu:3", "CUDA:12"])
+def test_other_gpu_indices_are_refused_not_mapped_to_device_0(name):
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        backend.normalize_device(name)
+    assert backend.normalize_device("cuda:0") == "gpu"
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_loader_refuses_out_of_range_labels_once_on_the_host():
+    images = np.zeros((4, 3, 32, 32), np.uint8)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\), got range \[0, 10\]"):
+        data.DataLoader(images, np.array([0, 1, 2, 10]), num_classes=10)
+    with pytest.raises(ValueError, match=r"labels must lie in >= 0"):
+        data.DataLoader(images, np.array([0, -1, 2, 3]))
+
+
+@pytest.mark.gpu
+def test_out_of_range_gpu_labels_are_caught(cp):
+    """On the GPU an out-of-range label would wrap around silently; the loss becomes NaN."""
+    logits = Tensor(cp.zeros((3, 4), dtype=cp.float32))
+    loss = F.cross_entropy(logits, cp.asarray([0, 1, 4]))
+    assert np.isnan(float(loss.data))
+    loss = F.cross_entropy(logits, cp.asarray([0, 1, -5]))
+    assert np.isnan(float(loss.data))
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+def test_max_backward_keeps_float32(rng):
+    x = Tensor(rng.standard_normal((3, 4)).astype(np.float32), requires_grad=True)
+    F.max(x, axis=1).sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def _steps(model, opt, xs, ys, xp):
+    for x, y in zip(xs, ys):
+        loss = F.cross_entropy(model(Tensor(xp.asarray(x))), xp.asarray(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.9, True, 1e-4), (0.9, False, 1e-2), (0.0, False, 1e-4)])
+def test_fused_sgd_kernel_matches_the_array_update(cp, rng, momentum, nesterov, wd):
+    xs = [rng.standard_normal((8, 5)).astype(np.float32) for _ in range(4)]
+    ys = [rng.integers(0, 3, 8) for _ in range(4)]
+    results = []
+    for xp in (np, cp):
+        model = nn.Linear(5, 3, rng=np.random.default_rng(1))
+        if xp is cp:
+            model.to("gpu")
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+        _steps(model, opt, xs, ys, xp)
+        results.append([backend.to_numpy(p.data) for p in model.parameters()])
+        assert all(p.dtype == np.float32 for p in model.parameters())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_moving_a_model_after_steps_moves_the_momentum_buffers(cp, rng):
+    """Module.to() after optimiser steps: the momentum buffers follow the parameters."""
+    xs = [rng.standard_normal((8, 5)).astype(np.float32) for _ in range(6)]
+    ys = [rng.integers(0, 3, 8) for _ in range(6)]
+    ref = nn.Linear(5, 3, rng=np.random.default_rng(1))
+    ref_opt = optim.SGD(ref.parameters(), lr=0.1)
+    _steps(ref, ref_opt, xs, ys, np)
+
+    model = nn.Linear(5, 3, rng=np.random.default_rng(1))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    _steps(model, opt, xs[:2], ys[:2], np)
+    model.to("gpu")
+    _steps(model, opt, xs[2:4], ys[2:4], cp)
+    assert all(isinstance(v, cp.ndarray) for v in opt.velocity)
+    model.to("cpu")
+    _steps(model, opt, xs[4:], ys[4:], np)
+    assert all(isinstance(v, np.ndarray) for v in opt.velocity)
+    for a, b in zip(ref.parameters(), model.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
