@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# real CuPy + NVRTC + the CUDA runtime headers, no GPU or driver needed: the
+# NVRTC compile check of every kernel (tools/nvrtc_check.py) runs in it
+NVRTC_VENV ?= .venv-nvrtc
+NVRTC_PKGS := 'cupy-cuda12x==14.*' 'cuda-toolkit[nvrtc,cudart]==12.*'
 
-.PHONY: demo test test-slow test-gpu bench notebooks clean
+.PHONY: demo test test-standin test-slow test-gpu gpu-check nvrtc-check bench notebooks clean
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +19,29 @@ $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(NVRTC_VENV)/.stamp:
+	$(PYTHON) -m venv $(NVRTC_VENV)
+	$(NVRTC_VENV)/bin/python -m pip install -q $(NVRTC_PKGS)
+	touch $@
+
 ## make demo: train a small attention network on the embedded CIFAR-10 sample
 demo: $(VENV)/.stamp-base
 	$(PY) -m miniran demo
 
-## make test: the test suite (slow cases excluded; GPU cases skip without a GPU)
-test: $(VENV)/.stamp-test
+## make test: the test suite (slow cases excluded), then every GPU test again
+## on the CPU through the CuPy stand-in (tests/standin); the NVRTC compile
+## check of every kernel runs inside the first pass
+test: $(VENV)/.stamp-test $(NVRTC_VENV)/.stamp
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-standin
+
+## make test-standin: the `gpu` tests on the CPU, through the CuPy stand-in
+test-standin: $(VENV)/.stamp-test
+	MINIRAN_CUPY_STANDIN=1 $(PY) -m pytest -m gpu -p no:cacheprovider
+
+## make nvrtc-check: compile every GPU kernel with NVRTC as CuPy would (no GPU needed)
+nvrtc-check: $(NVRTC_VENV)/.stamp
+	$(NVRTC_VENV)/bin/python tools/nvrtc_check.py
 
 test-slow: $(VENV)/.stamp-test
 	$(PY) -m pytest -m slow
@@ -39,4 +59,4 @@ notebooks: $(VENV)/.stamp-base
 	$(VENV)/bin/jupyter lab tutorials/
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(NVRTC_VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,591 @@
+"""User kernels of the stand-in: CuPy's CUDA C source compiled for the CPU.
+
+``ElementwiseKernel``, ``ReductionKernel`` and ``RawKernel`` build a C++
+translation unit from the user's own CUDA source plus a small prelude that
+defines the CUDA keywords, built-in index variables, atomics and math
+functions. It is compiled with the system C++ compiler into a shared library
+(cached on disk by a hash of the source), loaded with ctypes and run with
+one loop iteration per CUDA thread (one at a time, so atomics are plain
+read-modify-writes). A wrong index in the CUDA source therefore gives a
+wrong result here too; raw-array accesses of Elementwise/Reduction kernels
+are bounds-checked and raise ``IndexError`` (on a GPU they would read
+garbage or crash).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+
+import numpy as np
+
+import cupy_standin as _ctl
+
+# --------------------------------------------------------------------------- compiling
+
+_PRELUDE = r"""
+#include <math.h>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+struct _standin_dim3 { unsigned int x, y, z; };
+static _standin_dim3 threadIdx, blockIdx, blockDim, gridDim;
+static const int warpSize = 32;
+using std::isnan; using std::isinf; using std::isfinite; using std::signbit;
+// CUDA's min/max accept mixed argument types
+template <typename A, typename B> inline auto max(A a, B b) -> decltype(a + b) { return a > b ? a : b; }
+template <typename A, typename B> inline auto min(A a, B b) -> decltype(a + b) { return a < b ? a : b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f; }
+inline int __float_as_int(float f) { int x; memcpy(&x, &f, 4); return x; }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+// threads run one at a time: an atomic is a plain read-modify-write
+template <typename T, typename U> inline T atomicAdd(T* p, U v) { T o = *p; *p = o + (T)v; return o; }
+template <typename T, typename U> inline T atomicSub(T* p, U v) { T o = *p; *p = o - (T)v; return o; }
+template <typename T, typename U> inline T atomicMax(T* p, U v) { T o = *p; if ((T)v > o) *p = (T)v; return o; }
+template <typename T, typename U> inline T atomicMin(T* p, U v) { T o = *p; if ((T)v < o) *p = (T)v; return o; }
+template <typename T, typename U> inline T atomicExch(T* p, U v) { T o = *p; *p = (T)v; return o; }
+template <typename T> inline T atomicCAS(T* p, T cmp, T v) { T o = *p; if (o == cmp) *p = v; return o; }
+// the first out-of-bounds raw-array access of a launch (reported to Python)
+static long long _standin_oob_index = 0, _standin_oob_size = -1;
+static int _standin_oob_param = -1;
+extern "C" int _standin_oob(long long* info) {
+    info[0] = _standin_oob_index; info[1] = _standin_oob_size;
+    int p = _standin_oob_param; _standin_oob_param = -1; return p; }
+// a raw array of an Elementwise/Reduction kernel: flat C-order index, bounds-checked
+template <typename T, int ndim> struct CArray {
+    T* _p; ptrdiff_t _n; int _param; ptrdiff_t _shape[ndim > 0 ? ndim : 1];
+    T& operator[](ptrdiff_t i) const {
+        if (i < 0 || i >= _n) {
+            if (_standin_oob_param < 0) { _standin_oob_param = _param; _standin_oob_index = i; _standin_oob_size = _n; }
+            static T dummy; return dummy;
+        }
+        return _p[i];
+    }
+    ptrdiff_t size() const { return _n; }
+    const ptrdiff_t* shape() const { return _shape; }
+    T* data() const { return _p; }
+};
+struct _StandinIndexer { ptrdiff_t _n; ptrdiff_t size() const { return _n; } };
+"""
+
+_FORBIDDEN = {"__syncthreads": "__syncthreads()", "__shared__": "__shared__ memory",
+              "__shfl": "warp shuffles", "cooperative_groups": "cooperative groups"}
+
+
+def _cache_dir() -> str:
+    d = os.environ.get("MINIRAN_STANDIN_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "miniran-cupy-standin")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+_loaded: dict[str, ctypes.CDLL] = {}
+compile_count = 0  # compilations run by this process (the tests check the cache)
+
+
+def _check_supported(code: str, name: str) -> None:
+    for token, what in _FORBIDDEN.items():
+        if token in code:
+            raise NotImplementedError(
+                f"cupy stand-in: kernel {name!r} uses {what}; the CPU stand-in runs one "
+                "thread at a time and cannot simulate it")
+
+
+def compile_source(source: str, name: str) -> ctypes.CDLL:
+    """Compile (or load from the cache) a C++ translation unit; return the library."""
+    global compile_count
+    key = hashlib.sha256(source.encode()).hexdigest()[:24]
+    lib = _loaded.get(key)
+    if lib is not None:
+        return lib
+    d = _cache_dir()
+    so = os.path.join(d, f"{key}.so")
+    if not os.path.exists(so):
+        cpp = os.path.join(d, f"{key}.cpp")
+        fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".so.tmp", dir=d)
+        os.close(fd)
+        with open(cpp + f".{os.getpid()}", "w") as f:
+            f.write(source)
+        os.replace(cpp + f".{os.getpid()}", cpp)
+        cmd = ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-w", "-o", tmp, cpp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        compile_count += 1
+        if res.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(  # real CuPy raises cupy.cuda.compiler.CompileException
+                f"cupy stand-in: kernel {name!r} failed to compile (source {cpp}):\n"
+                + res.stderr[-4000:])
+        os.replace(tmp, so)  # atomic: a concurrent compile of the same source is harmless
+    lib = ctypes.CDLL(so)
+    _loaded[key] = lib
+    return lib
+
+
+# --------------------------------------------------------------------------- types
+
+_CTYPES = {"bool": "bool", "int8": "signed char", "int16": "short", "int32": "int",
+           "int64": "long long", "uint8": "unsigned char", "uint16": "unsigned short",
+           "uint32": "unsigned int", "uint64": "unsigned long long",
+           "float32": "float", "float64": "double"}
+_DTYPE_ALIASES = {"float": "float64", "int": "int64", "double": "float64",
+                  "bool_": "bool", "intp": "int64", "uintp": "uint64",
+                  "longlong": "int64", "ulonglong": "uint64", "int_": "int64"}
+
+
+def _dtype_name(name: str) -> str | None:
+    """The NumPy dtype name a parameter type names, or None for a placeholder."""
+    name = _DTYPE_ALIASES.get(name, name)
+    if name in _CTYPES:
+        return name
+    if name in ("float16", "complex64", "complex128"):
+        raise NotImplementedError(f"cupy stand-in: kernel parameters of type {name} are not supported")
+    return None
+
+
+def _ctype(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in _CTYPES:
+        raise NotImplementedError(f"cupy stand-in: arrays of dtype {name} in user kernels")
+    return _CTYPES[name]
+
+
+class _Param:
+    def __init__(self, text: str):
+        parts = text.split()
+        self.raw = parts[0] == "raw"
+        if self.raw:
+            parts = parts[1:]
+        if len(parts) != 2 or not re.fullmatch(r"[A-Za-z_]\w*", parts[1]):
+            raise ValueError(f"Invalid parameter: {text!r}")
+        self.type_name, self.name = parts
+        self.dtype = _dtype_name(self.type_name)  # None: a placeholder like T
+
+    def __repr__(self):
+        return ("raw " if self.raw else "") + f"{self.type_name} {self.name}"
+
+
+def _parse_params(text: str) -> list[_Param]:
+    params = [_Param(p.strip()) for p in text.split(",") if p.strip()]
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicated parameter names in {text!r}")
+    for n in names:
+        if n == "i" or n.startswith("_"):  # CuPy reserves these
+            raise ValueError(f"parameter name {n!r} is reserved")
+    return params
+
+
+def _bind(params, args, types: dict) -> None:
+    """Bind type placeholders (T, S...) from the arrays given for them."""
+    from cupy import ndarray
+    for p, a in zip(params, args):
+        if p.dtype is None and isinstance(a, ndarray):
+            t = types.get(p.type_name)
+            if t is not None and t != a.dtype:
+                raise TypeError(f"Type is mismatched. {p.name} {p.type_name} {a.dtype} {t}")
+            types[p.type_name] = a.dtype
+    for p, a in zip(params, args):  # scalars bind only what no array bound
+        if p.dtype is None and a is not None and not isinstance(a, ndarray) and p.type_name not in types:
+            types[p.type_name] = np.result_type(a) if not isinstance(a, (bool, int, float)) else \
+                np.dtype({bool: "bool", int: "int64", float: "float64"}[type(a)])
+
+
+def _param_dtype(p: _Param, types: dict):
+    if p.dtype is not None:
+        return np.dtype(p.dtype)
+    if p.type_name not in types:
+        raise TypeError(f"Cannot determine the type of {p.name!r} ({p.type_name})")
+    return types[p.type_name]
+
+
+def _typedefs(types: dict) -> str:
+    return "".join(f"typedef {_ctype(t)} {k};\n" for k, t in sorted(types.items()))
+
+
+class _Buffers:
+    """Contiguous NumPy buffers handed to the compiled code, and their write-backs."""
+
+    def __init__(self):
+        self.arrays, self.copy_back = [], []
+
+    def add(self, arr: np.ndarray, target=None):
+        self.arrays.append(arr)
+        if target is not None and arr is not target:
+            self.copy_back.append((target, arr))
+        return len(self.arrays) - 1
+
+    def pointers(self):
+        return (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
+
+    def finish(self):
+        for target, arr in self.copy_back:
+            target[...] = arr.reshape(target.shape)
+
+
+def _contiguous(a: np.ndarray, dtype) -> np.ndarray:
+    # keeps the very buffer when it already fits, so that aliasing is preserved
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _check_oob(lib, params_by_slot, kernel_name):
+    info = (ctypes.c_longlong * 2)()
+    lib._standin_oob.restype = ctypes.c_int
+    slot = lib._standin_oob(info)
+    if slot >= 0:
+        raise IndexError(
+            f"cupy stand-in: kernel {kernel_name!r} accessed raw array {params_by_slot[slot]!r} "
+            f"at index {info[0]} (size {info[1]}); on a GPU this reads or writes foreign memory")
+
+
+def _scalar_buffer(value, dtype):
+    from cupy import ndarray
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"Unsupported type {type(value)}")
+    if isinstance(value, ndarray):
+        raise TypeError(f"a scalar parameter got an array of shape {value.shape}")
+    return np.array([value]).astype(dtype)
+
+
+# --------------------------------------------------------------------------- ElementwiseKernel
+
+
+class ElementwiseKernel:
+    """User-defined elementwise kernel: one (simulated) CUDA thread per output element."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
+                 preamble="", no_return=False, return_tuple=False, loop_prep="",
+                 after_loop="", options=(), **kwargs):
+        self.in_params = _parse_params(in_params)
+        self.out_params = _parse_params(out_params)
+        self.nin, self.nout = len(self.in_params), len(self.out_params)
+        self.nargs = self.nin + self.nout
+        self.operation, self.name, self.preamble = operation, name, preamble
+        self.no_return, self.return_tuple = no_return, return_tuple
+        self.loop_prep, self.after_loop = loop_prep, after_loop
+        self.options = options
+        _check_supported(preamble + operation + loop_prep + after_loop, name)
+
+    def __call__(self, *args, size=None, block_size=None, stream=None):
+        from cupy import ndarray, _wrap
+        if len(args) not in (self.nin, self.nargs):
+            raise TypeError(f"Wrong number of arguments for {self.name!r}")
+        for a in args:
+            if isinstance(a, np.ndarray):
+                raise TypeError(f"Unsupported type {type(a)}")
+        ins = list(args[:self.nin])
+        outs = list(args[self.nin:]) or [None] * self.nout
+        params = self.in_params + self.out_params
+        types: dict = {}
+        _bind(params, ins + outs, types)
+        # the loop shape: broadcast of the non-raw arrays
+        shapes = [a.shape for p, a in zip(params, ins + outs) if not p.raw and isinstance(a, ndarray)]
+        if shapes:
+            if size is not None:
+                raise ValueError("The size parameter cannot be used with non-raw arrays")
+            shape = np.broadcast_shapes(*shapes)
+        elif size is not None:
+            shape = (int(size),)
+        else:
+            raise ValueError("Loop size is undecided")
+        for k, (p, o) in enumerate(zip(self.out_params, outs)):
+            if o is None:
+                if p.raw:
+                    raise ValueError(f"Output array of raw parameter {p.name!r} must be given")
+                outs[k] = _wrap(np.empty(shape, _param_dtype(p, types)))
+            elif not isinstance(o, ndarray):
+                raise TypeError(f"Output {p.name!r} must be a cupy.ndarray")
+            elif o.dtype != _param_dtype(p, types):
+                raise TypeError(f"Type is mismatched: output {p.name!r} {o.dtype}")
+            elif not p.raw and o.shape != shape:
+                raise ValueError(f"Out shape is mismatched: {o.shape} vs {shape}")
+        n = int(np.prod(shape))
+        source = self._source(params, ins + outs, types)
+        lib = compile_source(source, self.name)
+        bufs = _Buffers()
+        for p, a in zip(params, ins + outs):
+            dt = _param_dtype(p, types)
+            is_out = p in self.out_params
+            if isinstance(a, ndarray):
+                arr = a._a
+                if not p.raw and not is_out:
+                    arr = np.broadcast_to(arr, shape)
+                if is_out:
+                    bufs.add(_contiguous(arr, dt), arr)
+                else:
+                    bufs.add(_contiguous(arr, dt) if arr.dtype == dt or np.can_cast(arr.dtype, dt, "same_kind")
+                             else _fail_cast(p, arr.dtype, dt))
+            else:
+                bufs.add(_scalar_buffer(a, dt))
+        fn = getattr(lib, "_standin_run")
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_longlong]
+        if n > 0:
+            fn(bufs.pointers(), n)
+        _check_oob(lib, [p.name for p in params], self.name)
+        bufs.finish()
+        _ctl.launch(self.name)
+        if self.no_return:
+            return None
+        if self.nout == 1 and not self.return_tuple:
+            return outs[0]
+        return tuple(outs)
+
+    def _source(self, params, values, types) -> str:
+        from cupy import ndarray
+        head, body = [], []
+        for k, (p, a) in enumerate(zip(params, values)):
+            is_out = p in self.out_params
+            ct = p.type_name if p.dtype is None else _CTYPES[p.dtype]
+            if isinstance(a, ndarray) and p.raw:
+                dims = ", ".join(str(s) for s in a.shape) or "0"
+                head.append(f"CArray<{ct}, {a.ndim}> {p.name} = {{({ct}*)_args[{k}], {a.size}, {k}, {{{dims}}}}};")
+            elif isinstance(a, ndarray):
+                head.append(f"{ct}* _raw_{p.name} = ({ct}*)_args[{k}];")
+                body.append(f"{ct} &{p.name} = _raw_{p.name}[i];" if is_out
+                            else f"const {ct} {p.name} = _raw_{p.name}[i];")
+            else:
+                head.append(f"const {ct} {p.name} = *({ct}*)_args[{k}];")
+        return (_PRELUDE + _typedefs(types) + self.preamble + "\n"
+                + 'extern "C" void _standin_run(void** _args, long long _n) {\n'
+                + "  _StandinIndexer _ind{(ptrdiff_t)_n};\n  " + "\n  ".join(head) + "\n"
+                + self.loop_prep + "\n"
+                + "  for (ptrdiff_t i = 0; i < (ptrdiff_t)_n; ++i) {\n    "
+                + "\n    ".join(body) + "\n" + self.operation + "\n;  }\n"
+                + self.after_loop + "\n}\n")
+
+
+def _fail_cast(p, have, want):
+    raise TypeError(f"cupy stand-in: cannot cast {p.name!r} from {have} to {want} (same_kind)")
+
+
+# --------------------------------------------------------------------------- ReductionKernel
+
+
+class ReductionKernel:
+    """User-defined reduction: map each element, REDUCE(a, b) over ``axis``, POST_MAP(a)."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                 identity, name="reduce_kernel", reduce_type=None, reduce_dims=True,
+                 preamble="", options=(), **kwargs):
+        self.in_params = _parse_params(in_params)
+        self.out_params = _parse_params(out_params)
+        self.nin, self.nout = len(self.in_params), len(self.out_params)
+        self.nargs = self.nin + self.nout
+        self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
+        self.identity = None if identity is None else str(identity)
+        self.name, self.preamble, self.options = name, preamble, options
+        p0 = self.out_params[0]
+        self.reduce_type = reduce_type if reduce_type is not None else (
+            p0.type_name if p0.dtype is None else _CTYPES[p0.dtype])
+        _check_supported(preamble + map_expr + reduce_expr + post_map_expr, name)
+
+    def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None, reduce_dims=True):
+        from cupy import ndarray, _wrap
+        if len(args) not in (self.nin, self.nargs):
+            raise TypeError(f"Wrong number of arguments for {self.name!r}")
+        for a in args:
+            if isinstance(a, np.ndarray):
+                raise TypeError(f"Unsupported type {type(a)}")
+        ins = list(args[:self.nin])
+        outs = list(args[self.nin:]) or ([out] if out is not None else [None] * self.nout)
+        params = self.in_params + self.out_params
+        types: dict = {}
+        _bind(params, ins + outs, types)
+        arrays = [a for p, a in zip(self.in_params, ins) if not p.raw and isinstance(a, ndarray)]
+        if not arrays:
+            raise ValueError("cupy stand-in: a ReductionKernel needs a non-raw input array")
+        shape = np.broadcast_shapes(*[a.shape for a in arrays])
+        ndim = len(shape)
+        if axis is None:
+            axes = tuple(range(ndim))
+        else:
+            axes = tuple(sorted(ax % ndim for ax in ((axis,) if np.isscalar(axis) else axis)))
+        keep = tuple(d for d in range(ndim) if d not in axes)
+        out_shape = tuple(shape[d] for d in keep)
+        kd_shape = tuple(1 if d in axes else shape[d] for d in range(ndim))
+        nred = int(np.prod([shape[d] for d in axes]))
+        nout = int(np.prod(out_shape))
+        if nred == 0 and self.identity is None:
+            raise ValueError("zero-size reduction without identity")
+        final_shape = kd_shape if keepdims else out_shape
+        for k, (p, o) in enumerate(zip(self.out_params, outs)):
+            if o is None:
+                outs[k] = _wrap(np.empty(final_shape, _param_dtype(p, types)))
+            elif o.dtype != _param_dtype(p, types):
+                raise TypeError(f"Type is mismatched: output {p.name!r} {o.dtype}")
+        source = self._source(params, ins + outs, types)
+        lib = compile_source(source, self.name)
+        bufs = _Buffers()
+        perm = keep + axes  # reduced axes last: element (j, k) at j * nred + k
+        for p, a in zip(params, ins + outs):
+            dt = _param_dtype(p, types)
+            if p in self.out_params:
+                bufs.add(_contiguous(a._a, dt), a._a)
+            elif isinstance(a, ndarray) and not p.raw:
+                arr = np.broadcast_to(a._a, shape).transpose(perm)
+                bufs.add(np.ascontiguousarray(arr, dtype=dt))
+            elif isinstance(a, ndarray):
+                bufs.add(_contiguous(a._a, dt))
+            else:
+                bufs.add(_scalar_buffer(a, dt))
+        fn = lib._standin_run
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong]
+        fn(bufs.pointers(), nout, nred)
+        _check_oob(lib, [p.name for p in params], self.name)
+        bufs.finish()
+        _ctl.launch(self.name)
+        return outs[0] if self.nout == 1 else tuple(outs)
+
+    def _source(self, params, values, types) -> str:
+        from cupy import ndarray
+        head, inner, post = [], [], []
+        for k, (p, a) in enumerate(zip(params, values)):
+            ct = p.type_name if p.dtype is None else _CTYPES[p.dtype]
+            if p in self.out_params:
+                head.append(f"{ct}* _raw_{p.name} = ({ct}*)_args[{k}];")
+                post.append(f"{ct} &{p.name} = _raw_{p.name}[_j];")
+            elif isinstance(a, ndarray) and p.raw:
+                dims = ", ".join(str(s) for s in a.shape) or "0"
+                head.append(f"CArray<{ct}, {a.ndim}> {p.name} = {{({ct}*)_args[{k}], {a.size}, {k}, {{{dims}}}}};")
+            elif isinstance(a, ndarray):
+                head.append(f"const {ct}* _raw_{p.name} = (const {ct}*)_args[{k}];")
+                inner.append(f"const {ct} {p.name} = _raw_{p.name}[_j * _nred + _k];")
+            else:
+                head.append(f"const {ct} {p.name} = *({ct}*)_args[{k}];")
+        ident = self.identity
+        init = (f"_type_reduce _s = _type_reduce({ident}); bool _first = false;" if ident is not None
+                else "_type_reduce _s = _type_reduce(); bool _first = true;")
+        return (_PRELUDE + _typedefs(types) + self.preamble + "\n"
+                + f"#define REDUCE(a, b) ({self.reduce_expr})\n"
+                + f"#define POST_MAP(a) ({self.post_map_expr})\n"
+                + f"typedef {self.reduce_type} _type_reduce;\n"
+                + 'extern "C" void _standin_run(void** _args, long long _nout, long long _nred) {\n'
+                + "  " + "\n  ".join(head) + "\n"
+                + "  for (ptrdiff_t _j = 0; _j < (ptrdiff_t)_nout; ++_j) {\n"
+                + f"    {init}\n"
+                + "    for (ptrdiff_t _k = 0; _k < (ptrdiff_t)_nred; ++_k) {\n      "
+                + "\n      ".join(inner) + "\n"
+                + f"      _type_reduce _a = static_cast<_type_reduce>({self.map_expr});\n"
+                + "      if (_first) { _s = _a; _first = false; } else { _s = REDUCE(_s, _a); }\n"
+                + "    }\n    " + "\n    ".join(post) + "\n    POST_MAP(_s);\n  }\n}\n")
+
+
+# --------------------------------------------------------------------------- RawKernel
+
+_SIG = r'(?:extern\s+"C"\s+)?__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?{name}\s*\(([^)]*)\)'
+
+
+class RawKernel:
+    """Full CUDA C kernel; ``kern(grid, block, args, shared_mem=0)`` runs every thread in turn."""
+
+    def __init__(self, code, name, options=(), backend="nvrtc", translate_cucomplex=False,
+                 enable_cooperative_groups=False, jitify=False):
+        self.code, self.name, self.options, self.backend = code, name, options, backend
+        _check_supported(code, name)
+        m = re.search(_SIG.format(name=re.escape(name)), code)
+        if m is None:
+            raise ValueError(f"cupy stand-in: no `__global__ void {name}(...)` in the code")
+        self.params = []  # (C type, name, is_pointer)
+        for text in [t.strip() for t in m.group(1).split(",") if t.strip()]:
+            pm = re.fullmatch(r"(.*?)([A-Za-z_]\w*)\s*(\[\s*\])?", text, re.S)
+            ctype = pm.group(1).strip() + (" *" if pm.group(3) else "")
+            self.params.append((ctype, pm.group(2), "*" in ctype))
+        self._lib = None
+
+    def _source(self) -> str:
+        calls = ", ".join(f"*({c}*)_args[{k}]" for k, (c, _, _) in enumerate(self.params))
+        return (_PRELUDE + self.code + "\n"
+                + 'extern "C" void _standin_launch(void** _args, unsigned gx, unsigned gy, unsigned gz,'
+                + " unsigned bx, unsigned by, unsigned bz) {\n"
+                + "  gridDim = {gx, gy, gz}; blockDim = {bx, by, bz};\n"
+                + "  for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x)\n"
+                + "  for (unsigned tz = 0; tz < bz; ++tz) for (unsigned ty = 0; ty < by; ++ty) for (unsigned tx = 0; tx < bx; ++tx) {\n"
+                + "    blockIdx = {x, y, z}; threadIdx = {tx, ty, tz};\n"
+                + f"    {self.name}({calls});\n  }}\n}}\n")
+
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        from cupy import ndarray
+        grid = tuple(grid) + (1,) * (3 - len(grid)) if isinstance(grid, tuple) else (int(grid), 1, 1)
+        block = tuple(block) + (1,) * (3 - len(block)) if isinstance(block, tuple) else (int(block), 1, 1)
+        if int(np.prod(block)) > 1024:
+            raise RuntimeError("cupy stand-in: more than 1024 threads per block "
+                               "(CUDA: cudaErrorInvalidValue / too many resources requested)")
+        if shared_mem:
+            raise NotImplementedError("cupy stand-in: dynamic shared memory is not simulated")
+        if len(args) != len(self.params):
+            raise TypeError(f"kernel {self.name!r} takes {len(self.params)} arguments, got {len(args)}")
+        if self._lib is None:
+            self._lib = compile_source(self._source(), self.name)
+        keep = []  # buffers that must live through the call
+        ptrs = []
+        for (ctype, pname, is_ptr), a in zip(self.params, args):
+            if isinstance(a, ndarray):
+                if not is_ptr:
+                    raise TypeError(f"cupy stand-in: array passed for by-value parameter "
+                                    f"{ctype} {pname} of {self.name!r}")
+                # the device pointer of the array as it is (strides are the kernel's business)
+                cell = np.array([a._a.__array_interface__["data"][0]], dtype=np.uintp)
+            else:
+                if is_ptr:
+                    raise TypeError(f"cupy stand-in: a {type(a).__name__} passed for pointer "
+                                    f"parameter {ctype} {pname} of {self.name!r}")
+                if isinstance(a, np.ndarray) and a.size != 1:
+                    raise TypeError(f"You are trying to pass a numpy.ndarray of shape {a.shape} as a kernel parameter.")
+                # CuPy passes Python int/float/bool as int64/float64/bool
+                cell = np.array([a]) if not isinstance(a, (np.generic, np.ndarray)) else np.asarray(a).reshape(1)
+                if isinstance(a, bool):
+                    cell = cell.astype(np.bool_)
+                size = _c_sizeof(ctype)
+                if size is not None and size != cell.itemsize:
+                    raise TypeError(
+                        f"cupy stand-in: parameter {ctype} {pname} of {self.name!r} ({size} bytes) got a "
+                        f"{cell.dtype} ({cell.itemsize} bytes); on a GPU the arguments would be misread. "
+                        f"Pass numpy.{_np_for_c(ctype)}(value).")
+            keep.append(cell)
+            ptrs.append(cell.ctypes.data)
+        fn = self._lib._standin_launch
+        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6
+        fn((ctypes.c_void_p * max(1, len(ptrs)))(*ptrs), *grid, *block)
+        _ctl.launch(self.name)
+
+    @property
+    def attributes(self):
+        return {"max_threads_per_block": 1024}
+
+
+_C_SIZES = {"float": 4, "double": 8, "int": 4, "unsigned int": 4, "unsigned": 4, "long long": 8,
+            "unsigned long long": 8, "long": 8, "unsigned long": 8, "short": 2, "char": 1,
+            "signed char": 1, "unsigned char": 1, "bool": 1, "size_t": 8, "ptrdiff_t": 8,
+            "int32_t": 4, "int64_t": 8, "uint32_t": 4, "uint64_t": 8}
+_C_TO_NP = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64",
+            "unsigned int": "uint32", "bool": "bool_", "ptrdiff_t": "int64", "size_t": "uint64"}
+
+
+def _c_sizeof(ctype: str):
+    t = " ".join(w for w in ctype.split() if w not in ("const", "volatile", "__restrict__"))
+    return _C_SIZES.get(t)
+
+
+def _np_for_c(ctype: str) -> str:
+    t = " ".join(w for w in ctype.split() if w not in ("const", "volatile"))
+    return _C_TO_NP.get(t, "<matching type>")

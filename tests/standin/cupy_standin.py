@@ -1,0 +1,126 @@
+"""Control module of the CPU stand-in for CuPy (not a CuPy name).
+
+The stand-in (``tests/standin/cupy``) counts what a real GPU run would do:
+
+* ``launches``: device operations that would launch GPU work (ufuncs,
+  reductions, copies, fills, matmuls, random draws, user kernels, fancy
+  indexing, scatter); views (reshape of a contiguous array, basic slicing,
+  transpose) count nothing, nor does ``cupy.empty``.
+* ``syncs``: device-to-host transfers and anything that makes the host wait
+  (``.get()``, ``asnumpy``, ``float(x)``, ``x.item()``, boolean masks,
+  ``nonzero``, ``bincount``, stream/device synchronisation...).
+* ``host_to_device``: host-to-device copies (``cupy.asarray(numpy_array)``).
+* ``launches_by_name``: a ``collections.Counter`` of what launched, to find
+  what is worth fusing.
+
+Use::
+
+    import cupy_standin
+    with cupy_standin.counting() as c:
+        step()
+    print(c.launches, c.syncs, c.launches_by_name.most_common(5))
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import sys
+
+_STANDIN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Counts:
+    """A set of counters; ``counting()`` yields one that is live inside its block."""
+
+    def __init__(self):
+        self.launches = 0
+        self.syncs = 0
+        self.host_to_device = 0
+        self.launches_by_name = collections.Counter()
+        self.syncs_by_name = collections.Counter()
+        #: "file:line (operation)" of the caller outside the stand-in, for each launch
+        self.launches_by_site = collections.Counter()
+
+    def as_dict(self) -> dict:
+        return {"launches": self.launches, "syncs": self.syncs,
+                "host_to_device": self.host_to_device,
+                "launches_by_name": collections.Counter(self.launches_by_name),
+                "syncs_by_name": collections.Counter(self.syncs_by_name)}
+
+    def __repr__(self):
+        return (f"Counts(launches={self.launches}, syncs={self.syncs}, "
+                f"host_to_device={self.host_to_device})")
+
+
+_total = Counts()
+_active: list[Counts] = []  # the live objects of the open counting() blocks
+
+
+def _all():
+    yield _total
+    yield from _active
+
+
+def _call_site() -> str:
+    """file:line of the innermost caller that is not the stand-in itself."""
+    frame = sys._getframe(2)
+    while frame is not None and _STANDIN_DIR in frame.f_code.co_filename:
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    path = frame.f_code.co_filename
+    short = path.split("/miniran/")[-1] if "/miniran/" in path else os.path.basename(path)
+    return f"{short}:{frame.f_lineno}"
+
+
+def launch(name: str, n: int = 1) -> None:
+    """Record ``n`` device launches of the operation ``name`` (used by the stand-in)."""
+    site = None
+    for c in _all():
+        c.launches += n
+        c.launches_by_name[name] += n
+        if c is not _total:
+            site = site or f"{_call_site()} ({name})"
+            c.launches_by_site[site] += n
+
+
+def sync(name: str) -> None:
+    """Record one device-to-host copy or host wait (used by the stand-in)."""
+    for c in _all():
+        c.syncs += 1
+        c.syncs_by_name[name] += 1
+
+
+def host_to_device(name: str = "asarray") -> None:
+    """Record one host-to-device copy (used by the stand-in)."""
+    for c in _all():
+        c.host_to_device += 1
+
+
+def counters() -> dict:
+    """The counts since the last ``reset()`` (a fresh dict)."""
+    return _total.as_dict()
+
+
+def reset() -> None:
+    """Set the global counters to zero (open ``counting()`` blocks keep theirs)."""
+    global _total
+    _total = Counts()
+
+
+@contextlib.contextmanager
+def counting():
+    """Yield a ``Counts`` object that shows what happens inside the block."""
+    c = Counts()
+    _active.append(c)
+    try:
+        yield c
+    finally:
+        _active.remove(c)
+
+
+def is_standin(module) -> bool:
+    """True when ``module`` (e.g. the imported ``cupy``) is this stand-in."""
+    return bool(getattr(module, "_IS_MINIRAN_STANDIN", False))
