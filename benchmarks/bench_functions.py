@@ -325,7 +325,7 @@ def build_cases(device, batch=BATCH):
             if device == "gpu":
                 rm, rv = backend.to_device(rm, "gpu"), backend.to_device(rv, "gpu")
             return mr_pair([x, g, b], [True, True, True],
-                           lambda a, gg, bb: F.batch_norm(a, gg, bb, rm, rv, training=True))
+                           lambda a, gg, bb: F.batch_norm(a, rm, rv, gg, bb, training=True))
 
         def torch_build(torch, tdev, x=x, g=g, b=b, c=c):
             rm, rv = torch.zeros(c, device=tdev), torch.ones(c, device=tdev)

@@ -2,12 +2,16 @@
 
 Layers of the package, each importing only from those above it in this list:
 
-* :mod:`miniran.backend`: NumPy/CuPy selection (``get_array_module``).
-* :mod:`miniran.autograd`: ``Tensor``, ``Function``, backward, ``gradcheck``.
+* :mod:`miniran.backend`: NumPy/CuPy selection (``get_array_module``); beside it
+  :mod:`miniran._io`, safe file writing (atomic writes, untearable appends).
+* :mod:`miniran.autograd`: ``Tensor``, ``Function``, the graph walk (``autograd.graph``), ``gradcheck``.
 * :mod:`miniran.functional`: differentiable operations (conv, batch norm, ...).
 * :mod:`miniran.nn`: modules and layers.
 * :mod:`miniran.models`: residual units, the attention module, the networks.
 * :mod:`miniran.optim`, :mod:`miniran.data`, :mod:`miniran.train`: training.
+* :mod:`miniran.viz`: masks and features of the attention modules, as arrays and pictures.
+
+``tests/test_layers.py`` checks this rule on every module.
 """
 
 from miniran import functional, nn, optim
@@ -18,12 +22,17 @@ __version__ = "0.1.0"
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
-    """Create a tensor (Python floats become float32, the default dtype; integers stay integers)."""
+    """Create a tensor (Python floats become float32, the default dtype; integers stay integers).
+
+    With ``requires_grad=True`` and no ``dtype``, integer data becomes float32
+    (a gradient needs floating point); an explicit integer ``dtype`` is refused.
+    """
     t = Tensor(data, requires_grad=False)
     if dtype is not None:
         t = Tensor(t.data.astype(dtype))
-    t.requires_grad = bool(requires_grad)
-    return t
+    elif requires_grad and t.dtype.kind != "f":
+        t = Tensor(t.data.astype(DEFAULT_DTYPE))
+    return Tensor(t.data, requires_grad=requires_grad)
 
 
 __all__ = [

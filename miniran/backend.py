@@ -92,8 +92,12 @@ def _cupy_ndarray_type():
     by a user who imported CuPy before miniran did is still recognised, and a
     type check never triggers the (slow) CuPy import itself.
     """
-    cp = _cupy if _cupy is not None else sys.modules.get("cupy")
-    return getattr(cp, "ndarray", None)
+    return getattr(_loaded_cupy(), "ndarray", None)
+
+
+def _loaded_cupy():
+    """The ``cupy`` module if miniran or the user has imported it, else None."""
+    return _cupy if _cupy is not None else sys.modules.get("cupy")
 
 
 def is_cupy_array(array) -> bool:
@@ -116,7 +120,7 @@ def get_array_module(*arrays):
         return np
     for a in arrays:
         if isinstance(a, nd) or isinstance(getattr(a, "data", None), nd):
-            return _cupy if _cupy is not None else sys.modules["cupy"]
+            return _loaded_cupy()
     return np
 
 
@@ -154,7 +158,7 @@ def to_device(array, device):
     """Copy a raw array to 'cpu' (NumPy) or 'gpu' (CuPy); no copy if already there."""
     device = normalize_device(device)
     if device == "cpu":
-        return _cupy.asnumpy(array) if is_cupy_array(array) else np.asarray(array)
+        return _loaded_cupy().asnumpy(array) if is_cupy_array(array) else np.asarray(array)
     cp = cupy_module()
     return array if is_cupy_array(array) else cp.asarray(array)
 

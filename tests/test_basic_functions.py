@@ -170,3 +170,63 @@ def test_basic_functions_agree_on_gpu(cp, rng):
     (l0, g0), (l1, g1) = results.values()
     assert l0 == pytest.approx(l1, rel=1e-5)
     np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- issue 10: autograd edge cases
+
+
+@pytest.mark.parametrize("sa,sb", [((4,), (2, 4, 3)), ((2, 3, 4), (4,)), ((4,), (4,)), ((4,), (4, 3)),
+                                   ((3, 4), (4,)), ((2, 1, 3, 4), (4,)), ((4,), (2, 2, 4, 3))])
+def test_matmul_with_a_vector_and_a_batch(sa, sb):
+    """1-D @ N-D and N-D @ 1-D: gradients equal a naive reference, and gradcheck passes."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=sa), rng.normal(size=sb)
+    gy = rng.normal(size=np.matmul(a, b).shape)
+    ta, tb = Tensor(a, requires_grad=True), Tensor(b, requires_grad=True)
+    (F.matmul(ta, tb) * Tensor(gy)).sum().backward()
+    # naive reference: d(sum gy * (a @ b)) / da and / db by finite structure (einsum over promoted shapes)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = gy
+    if b.ndim == 1:
+        g2 = np.expand_dims(g2, -1)
+    if a.ndim == 1:
+        g2 = np.expand_dims(g2, -2)
+    ga = np.matmul(g2, np.swapaxes(b2, -1, -2))
+    gb = np.matmul(np.swapaxes(a2, -1, -2), g2)
+    ga = ga.reshape(-1, *a2.shape).sum(axis=0) if ga.ndim > a2.ndim else ga
+    gb = gb.reshape(-1, *b2.shape).sum(axis=0) if gb.ndim > b2.ndim else gb
+    np.testing.assert_allclose(ta.grad, ga.reshape(a.shape), rtol=1e-10)
+    np.testing.assert_allclose(tb.grad, gb.reshape(b.shape), rtol=1e-10)
+    gradcheck(F.matmul, [a, b])
+
+
+def test_tensor_factory_with_requires_grad_is_float():
+    t = miniran.tensor([1, 2, 3], requires_grad=True)
+    assert t.dtype.kind == "f" and t.requires_grad
+    (t * t).sum().backward()
+    np.testing.assert_allclose(t.grad, [2, 4, 6])
+    assert miniran.tensor([1, 2, 3]).dtype.kind == "i"  # no gradient asked: integers stay integers
+    with pytest.raises(TypeError, match="floating-point"):
+        miniran.tensor([1, 2, 3], requires_grad=True, dtype=np.int64)
+
+
+def test_tensor_truth_value_is_numpy_s():
+    a, b = Tensor(np.array([1.0, 2.0])), Tensor(np.array([1.0, 3.0]))
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(a == b)
+    with pytest.raises(ValueError, match="ambiguous"):
+        if a == b:
+            pass
+    with pytest.raises(ValueError, match="ambiguous"):
+        a in [b]  # noqa: B015
+    assert a in [a]  # the same object: found without a comparison, as for arrays
+    loss = Tensor(np.float32(0.25))
+    assert loss < 0.5 and not loss > 0.5  # a single element has a truth value
+    assert bool(Tensor(np.array([0.0]))) is False
+
+
+def test_pow_zero_gradient_at_zero():
+    x = Tensor(np.array([0.0, 2.0]), requires_grad=True)
+    (x ** 0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0])

@@ -51,26 +51,26 @@ def test_gradcheck_training(shape, with_running, rng):
     c = shape[1]
     running = (np.zeros(c), np.ones(c)) if with_running else (None, None)
     # the running stats change on every call, but the training output does not use them
-    gradcheck(lambda x, g, b: F.batch_norm(x, g, b, *running, training=True), [x, gamma, beta])
+    gradcheck(lambda x, g, b: F.batch_norm(x, *running, g, b, training=True), [x, gamma, beta])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gradcheck_eval(shape, rng):
     x, gamma, beta = make_inputs(rng, shape)
     rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2.0, shape[1])
-    gradcheck(lambda x, g, b: F.batch_norm(x, g, b, rm, rv, training=False), [x, gamma, beta])
+    gradcheck(lambda x, g, b: F.batch_norm(x, rm, rv, g, b, training=False), [x, gamma, beta])
 
 
 def test_gradcheck_larger_input_directional(rng):
     x, gamma, beta = make_inputs(rng, (8, 5, 6, 6))
-    gradcheck(lambda x, g, b: F.batch_norm(x, g, b), [x, gamma, beta], mode="directional")
+    gradcheck(lambda x, g, b: F.batch_norm(x, weight=g, bias=b), [x, gamma, beta], mode="directional")
 
 
 def test_training_gradient_of_a_plain_sum_is_zero(rng):
     # the normalised output sums to N*H*W*beta whatever x is: dL/dx of sum(y) must vanish
     x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
     t = Tensor(x, requires_grad=True)
-    F.sum(F.batch_norm(t, Tensor(gamma), Tensor(beta))).backward()
+    F.sum(F.batch_norm(t, weight=Tensor(gamma), bias=Tensor(beta))).backward()
     np.testing.assert_allclose(t.grad, 0.0, atol=1e-12)
 
 
@@ -78,7 +78,7 @@ def test_only_requested_gradients(rng):
     x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
     t, g = Tensor(x, requires_grad=True), Tensor(gamma)  # gamma frozen
     b = Tensor(beta, requires_grad=True)
-    F.batch_norm(t, g, b).backward(rng.standard_normal(x.shape))
+    F.batch_norm(t, weight=g, bias=b).backward(rng.standard_normal(x.shape))
     assert t.grad is not None and b.grad is not None and g.grad is None
 
 
@@ -89,14 +89,14 @@ def test_only_requested_gradients(rng):
 def test_training_forward_matches_hand_computed(shape, rng):
     x, gamma, beta = make_inputs(rng, shape)
     mean, var, _ = channel_stats(x)
-    y = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=True)
+    y = F.batch_norm(Tensor(x), weight=Tensor(gamma), bias=Tensor(beta), training=True)
     np.testing.assert_allclose(y.data, reference(x, gamma, beta, mean, var), rtol=1e-12, atol=1e-12)
 
 
 def test_tiny_hand_computed_case():
     # one channel, values 1, 2, 3, 4: mean 2.5, biased variance 1.25
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)
-    y = F.batch_norm(Tensor(x), Tensor(np.array([2.0])), Tensor(np.array([1.0])), eps=0.0)
+    y = F.batch_norm(Tensor(x), weight=Tensor(np.array([2.0])), bias=Tensor(np.array([1.0])), eps=0.0)
     expected = 2.0 * (x - 2.5) / np.sqrt(1.25) + 1.0
     np.testing.assert_allclose(y.data, expected, rtol=1e-14)
 
@@ -107,7 +107,7 @@ def test_running_stats_update_uses_unbiased_variance(shape, rng):
     c = shape[1]
     rm0, rv0 = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
     rm, rv = rm0.copy(), rv0.copy()
-    F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), rm, rv, training=True, momentum=0.3)
+    F.batch_norm(Tensor(x), rm, rv, Tensor(gamma), Tensor(beta), training=True, momentum=0.3)
     mean, _, unbiased = channel_stats(x)
     np.testing.assert_allclose(rm, 0.7 * rm0 + 0.3 * mean, rtol=1e-12)
     np.testing.assert_allclose(rv, 0.7 * rv0 + 0.3 * unbiased, rtol=1e-12)
@@ -119,7 +119,7 @@ def test_eval_uses_and_keeps_running_stats(shape, rng):
     c = shape[1]
     rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
     rm_before, rv_before = rm.copy(), rv.copy()
-    y = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), rm, rv, training=False)
+    y = F.batch_norm(Tensor(x), rm, rv, Tensor(gamma), Tensor(beta), training=False)
     np.testing.assert_allclose(y.data, reference(x, gamma, beta, rm, rv), rtol=1e-12)
     np.testing.assert_array_equal(rm, rm_before)
     np.testing.assert_array_equal(rv, rv_before)
@@ -127,14 +127,14 @@ def test_eval_uses_and_keeps_running_stats(shape, rng):
 
 def test_no_running_stats_means_batch_stats_in_eval_too(rng):
     x, gamma, beta = make_inputs(rng, (4, 3, 2, 2))
-    a = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=False)
-    b = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=True)
+    a = F.batch_norm(Tensor(x), weight=Tensor(gamma), bias=Tensor(beta), training=False)
+    b = F.batch_norm(Tensor(x), weight=Tensor(gamma), bias=Tensor(beta), training=True)
     np.testing.assert_array_equal(a.data, b.data)
 
 
 def test_gamma_beta_none_mean_plain_normalisation(rng):
     x = rng.standard_normal((5, 2, 3, 3))
-    y = F.batch_norm(Tensor(x), None, None).data
+    y = F.batch_norm(Tensor(x)).data
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)
     np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1.0, rtol=1e-3)  # eps makes it a bit below 1
 
@@ -143,7 +143,7 @@ def test_running_stats_update_under_no_grad_and_keep_their_dtype(rng):
     x = rng.standard_normal((4, 3, 2, 2))  # float64 input, float32 buffers
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     with miniran.no_grad():
-        F.batch_norm(Tensor(x), Tensor(np.ones(3)), Tensor(np.zeros(3)), rm, rv, training=True)
+        F.batch_norm(Tensor(x), rm, rv, Tensor(np.ones(3)), Tensor(np.zeros(3)), training=True)
     assert rm.dtype == np.float32 and rv.dtype == np.float32
     np.testing.assert_allclose(rm, 0.1 * channel_stats(x)[0], rtol=1e-6)
 
@@ -155,19 +155,19 @@ def test_batch_norm_validation(rng):
     x = Tensor(rng.standard_normal((4, 3, 2, 2)))
     g, b = Tensor(np.ones(3)), Tensor(np.zeros(3))
     with pytest.raises(ValueError, match=r"x must be 4-D .* got shape \(4, 3, 2\)"):
-        F.batch_norm(Tensor(np.ones((4, 3, 2))), g, b)
+        F.batch_norm(Tensor(np.ones((4, 3, 2))), weight=g, bias=b)
     with pytest.raises(ValueError, match=r"gamma must have shape \(3,\)"):
-        F.batch_norm(x, Tensor(np.ones(4)), b)
+        F.batch_norm(x, weight=Tensor(np.ones(4)), bias=b)
     with pytest.raises(ValueError, match=r"beta must have shape \(3,\)"):
-        F.batch_norm(x, g, Tensor(np.zeros(2)))
+        F.batch_norm(x, weight=g, bias=Tensor(np.zeros(2)))
     with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
-        F.batch_norm(x, g, b, np.zeros(3), np.ones(5))
+        F.batch_norm(x, np.zeros(3), np.ones(5), g, b)
     with pytest.raises(ValueError, match="both running_mean and running_var"):
-        F.batch_norm(x, g, b, np.zeros(3), None)
+        F.batch_norm(x, np.zeros(3), None, g, b)
     with pytest.raises(TypeError, match="raw array"):
-        F.batch_norm(x, g, b, Tensor(np.zeros(3)), Tensor(np.ones(3)))
+        F.batch_norm(x, Tensor(np.zeros(3)), Tensor(np.ones(3)), g, b)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        F.batch_norm(Tensor(np.ones((1, 3))), g, b)
+        F.batch_norm(Tensor(np.ones((1, 3))), weight=g, bias=b)
 
 
 # --------------------------------------------------------------------------- layer
@@ -224,7 +224,7 @@ def test_gpu_matches_cpu(cp, training, rng):
     for xp in (np, cp):
         rm, rv = xp.asarray(np.full(3, 0.5)), xp.asarray(np.full(3, 2.0))
         t, g, b = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, gamma, beta))
-        y = F.batch_norm(t, g, b, rm, rv, training=training)
+        y = F.batch_norm(t, rm, rv, g, b, training=training)
         y.backward(xp.asarray(gy))
         results.append([miniran.backend.to_numpy(a) for a in (y.data, t.grad, g.grad, b.grad, rm, rv)])
     for cpu, gpu in zip(*results):
@@ -247,8 +247,51 @@ def test_matches_torch(shape, training, rng):
 
     mx, mg, mb = (Tensor(a, requires_grad=True) for a in (x, gamma, beta))
     mrm, mrv = rm.copy(), rv.copy()
-    my = F.batch_norm(mx, mg, mb, mrm, mrv, training=training, momentum=0.1, eps=1e-5)
+    my = F.batch_norm(mx, mrm, mrv, mg, mb, training=training, momentum=0.1, eps=1e-5)
     my.backward(gy)
     pairs = [(my.data, ty), (mx.grad, tx.grad), (mg.grad, tg.grad), (mb.grad, tb.grad), (mrm, trm), (mrv, trv)]
     for ours, theirs in pairs:
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_argument_order_is_pytorch_s():
+    """Issue 10: batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)."""
+    import inspect
+
+    names = list(inspect.signature(F.batch_norm).parameters)
+    assert names == ["x", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
+    assert inspect.signature(F.batch_norm).parameters["training"].default is False
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 2, 2))
+    rm, rv = np.zeros(3), np.ones(3)
+    g, b = Tensor(rng.uniform(0.5, 2, 3)), Tensor(rng.standard_normal(3))
+    y = F.batch_norm(Tensor(x), rm, rv, g, b, True, 0.5, 1e-5)
+    xhat = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.data, g.data[:, None, None] * xhat + b.data[:, None, None], rtol=1e-10)
+    np.testing.assert_allclose(rm, 0.5 * x.mean(axis=(0, 2, 3)), rtol=1e-10)
+    with pytest.raises(TypeError, match="order is PyTorch's"):
+        F.batch_norm(Tensor(x), g, b)  # the old order (x, gamma, beta)
+
+
+# --------------------------------------------------------------------------- batch_norm_relu
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_relu_is_relu_of_batch_norm(training, rng):
+    x = rng.standard_normal((4, 3, 5, 5))
+    g, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.random(3) + 0.5
+    gy = rng.standard_normal(x.shape)
+    results = []
+    for fused in (False, True):
+        tx, tg, tb = (Tensor(a.copy(), requires_grad=True) for a in (x, g, b))
+        r = (rm.copy(), rv.copy())
+        if fused:
+            y = F.batch_norm_relu(tx, *r, tg, tb, training=training)
+        else:
+            y = F.relu(F.batch_norm(tx, *r, tg, tb, training=training))
+        y.backward(gy)
+        results.append([y.data, tx.grad, tg.grad, tb.grad, *r])
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(b_, a, rtol=1e-12, atol=1e-12)
+    gradcheck(lambda x, g, b: F.batch_norm_relu(x, None, None, g, b, training=True), [x, g, b])

@@ -323,7 +323,18 @@ def test_cupy_matches_numpy(xs, ws, stride, padding, rng, cp):
         y.backward(gy)
         results.append([y.numpy()] + [cp.asnumpy(t.grad) if xp is cp else t.grad for t in ts])
     for got, expected in zip(results[1], results[0]):
+        assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("xs,ws,stride,padding", GPU_CASES[:4])
+def test_cupy_gradcheck(xs, ws, stride, padding, rng, cp):
+    """The GPU path (batched layout, its own kernels) passes the float64 gradient check."""
+    x = cp.asarray(rng.standard_normal((1,) + xs[1:]))
+    w = cp.asarray(rng.standard_normal(ws))
+    b = cp.asarray(rng.standard_normal(ws[0]))
+    gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding), [x, w, b])
 
 
 # --------------------------------------------------------------------------- optional oracle: PyTorch

@@ -289,7 +289,7 @@ def test_offline_download_failure(tmp_path, isolated_env):
 
     with pytest.raises(DatasetNotFoundError, match="(?s)no network.*MINIRAN_DATA"):
         load_cifar10(tmp_path / "data", fetch=offline)
-    assert list((tmp_path / "data").iterdir()) == []  # no partial or temporary file left
+    assert not (tmp_path / "data").exists()  # no partial or temporary file, not even the folder
 
 
 def test_env_and_cache_dirs_are_searched(tmp_path, monkeypatch, small_specs, isolated_env):
@@ -339,7 +339,7 @@ def test_download_md5_mismatch_is_rejected(tmp_path, monkeypatch, small_specs, i
     root = tmp_path / "data"
     with pytest.raises(ChecksumError, match=md5):
         load_cifar100(root)
-    assert list(root.iterdir()) == []  # neither the archive nor a temporary file is left
+    assert not root.exists()  # neither the archive nor a temporary file, nor the folder, is left
 
 
 def test_archive_placed_by_hand_is_used_offline(tmp_path, monkeypatch, small_specs, isolated_env):
@@ -719,7 +719,17 @@ def test_data_layer_imports_only_backend_numpy_stdlib():
                 top = name.split(".")[0]
                 assert name not in ("pickle", "torch") and top not in ("pickle", "torch"), (path, name)
                 ok = (
-                    top == "numpy" or name == "miniran.backend" or name.startswith("miniran.data")
+                    top == "numpy" or name in ("miniran.backend", "miniran._io") or name.startswith("miniran.data")
                     or name == "__future__" or top in sys.stdlib_module_names
                 )
                 assert ok and name != "miniran", f"{path.name} imports {name}"
+
+
+def test_failed_download_does_not_create_the_data_dir(tmp_path, isolated_env):
+    """Issue 10: a download that fails leaves no trace, not even the folder it would have made."""
+    def offline(url, dest):
+        raise urllib.error.URLError("no network")
+
+    with pytest.raises(DatasetNotFoundError, match="no network"):
+        load_cifar10(tmp_path / "new" / "data", fetch=offline)
+    assert not (tmp_path / "new").exists()

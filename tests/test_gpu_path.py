@@ -150,3 +150,83 @@ def test_moving_a_model_after_steps_moves_the_momentum_buffers(cp, rng):
     assert all(isinstance(v, np.ndarray) for v in opt.velocity)
     for a, b in zip(ref.parameters(), model.parameters()):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- fused kernels vs array code
+
+
+def _max_pool_inputs(rng):
+    """Inputs where max-pool kernels go wrong: ties, -inf windows, NaN, odd sizes."""
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    ties = np.maximum(x, 0)  # after a ReLU: windows full of equal zeros
+    ties[0, 0, :3, :3] = 1.0
+    minus_inf = x.copy()
+    minus_inf[0, 1, :, :] = -np.inf  # whole plane: every window is all -inf
+    minus_inf[1, 2, :2, :2] = -np.inf  # a corner window (with padding) of -inf
+    nan = x.copy()
+    nan[1, 0, 4, 4] = np.nan
+    return {"random": x, "ties": ties, "minus_inf": minus_inf, "nan": nan}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,s,p,ceil_mode", [(3, 2, 1, False), (2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False)])
+def test_max_pool_kernels_match_the_array_code(cp, rng, k, s, p, ceil_mode):
+    for name, x in _max_pool_inputs(rng).items():
+        results = []
+        for xp in (np, cp):
+            t = Tensor(xp.asarray(x), requires_grad=True)
+            y = F.max_pool2d(t, k, s, p, ceil_mode=ceil_mode)
+            y.backward(xp.asarray(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)))
+            results.append((backend.to_numpy(y.data), backend.to_numpy(t.grad)))
+        (y0, g0), (y1, g1) = results
+        assert y1.dtype == g1.dtype == np.float32, name
+        np.testing.assert_array_equal(y1, y0, err_msg=name)
+        np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_pass_gradcheck(cp, rng):
+    """float64 gradient checks of the fused GPU paths (max pool, ReLU, batch norm)."""
+    x = cp.asarray(rng.standard_normal((2, 3, 7, 6)))
+    miniran.gradcheck(lambda a: F.max_pool2d(a, 3, 2, 1), [x])
+    miniran.gradcheck(lambda a: F.relu(a), [x])
+    g, b = cp.asarray(rng.standard_normal(3)), cp.asarray(rng.standard_normal(3))
+    miniran.gradcheck(lambda a, g, b: F.batch_norm(a, None, None, g, b, training=True), [x, g, b])
+    rm, rv = cp.zeros(3), cp.ones(3)
+    miniran.gradcheck(lambda a, g, b: F.batch_norm(a, rm, rv, g, b, training=False), [x, g, b])
+
+
+@pytest.mark.gpu
+def test_interpolation_matrices_are_built_once(cp):
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+
+    x = Tensor(cp.ones((1, 2, 4, 4), dtype=cp.float32))
+    F.interpolate_bilinear(x, (8, 8))  # builds and caches the two matrices
+    with cupy_standin.counting() as c:
+        F.interpolate_bilinear(x, (8, 8))
+    assert c.host_to_device == 0 and c.launches == 2  # the two products, nothing else
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (6, 5)])
+def test_batch_norm_kernels_match_the_array_code(cp, rng, training, relu, shape):
+    """Output, the three gradients, the running statistics and dtypes, CPU against GPU."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    c = shape[1]
+    g = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    rm0, rv0 = rng.standard_normal(c).astype(np.float32), (rng.random(c) + 0.5).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    fn = F.batch_norm_relu if relu else F.batch_norm
+    results = []
+    for xp in (np, cp):
+        tx, tg, tb = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, g, b))
+        rm, rv = xp.asarray(rm0.copy()), xp.asarray(rv0.copy())
+        y = fn(tx, rm, rv, tg, tb, training=training, momentum=0.3)
+        y.backward(xp.asarray(gy))
+        results.append([backend.to_numpy(a) for a in (y.data, tx.grad, tg.grad, tb.grad, rm, rv)])
+    for name, a, b_ in zip(["y", "gx", "ggamma", "gbeta", "running_mean", "running_var"], *results):
+        assert b_.dtype == np.float32, name
+        np.testing.assert_allclose(b_, a, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(a).max()), err_msg=name)

@@ -36,7 +36,7 @@ def test_unit_matches_caffe_order(rng):
         x = Tensor(rng.standard_normal((2, cin, 6, 6)).astype(np.float32))
 
         def bn(layer, v):
-            return F.batch_norm(v, layer.weight, layer.bias, None, None, training=True)
+            return F.batch_norm(v, None, None, layer.weight, layer.bias, training=True)
 
         def conv(layer, v, s=1, p=0):
             return F.conv2d(v, layer.weight, None, stride=s, padding=p)

@@ -232,3 +232,50 @@ def test_saved_file_has_the_usual_permissions(tmp_path, rng):
     finally:
         os.umask(umask)
     assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------- issue 10: constructors check their arguments
+
+
+@pytest.mark.parametrize(
+    "make,error,words",
+    [
+        (lambda: miniran.nn.Conv2d(3, 4, 3, stride=0), ValueError, "stride"),
+        (lambda: miniran.nn.Conv2d(3, 4, 3, padding=-1), ValueError, "padding"),
+        (lambda: miniran.nn.BatchNorm2d(0), ValueError, "num_features"),
+        (lambda: miniran.nn.BatchNorm2d(4, momentum=1.5), ValueError, "momentum"),
+        (lambda: miniran.nn.BatchNorm2d(4, eps=0), ValueError, "eps"),
+        (lambda: miniran.nn.Linear(0, 3), ValueError, "in_features"),
+        (lambda: miniran.nn.Linear(3, -1), ValueError, "out_features"),
+        (lambda: miniran.nn.MaxPool2d(2.5), TypeError, "kernel_size"),
+        (lambda: miniran.nn.AvgPool2d(2, stride=0), ValueError, "stride"),
+        (lambda: __import__("miniran.data").data.DataLoader(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64),
+                                                        padding=-1), ValueError, "padding"),
+    ],
+)
+def test_constructors_refuse_what_they_cannot_use(make, error, words):
+    with pytest.raises(error, match=words):
+        make()
+
+
+def test_pooling_refuses_a_float_kernel_size():
+    x = miniran.Tensor(np.zeros((1, 1, 4, 4), np.float32))
+    for fn in (F.max_pool2d, F.avg_pool2d):
+        with pytest.raises(TypeError, match="kernel_size"):
+            fn(x, 2.5)
+
+
+def test_batch_norm_momentum_none_is_a_cumulative_average():
+    """PyTorch's meaning of momentum=None: the running statistics are the plain average of every batch seen."""
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(4, 3, 2, 2)).astype(np.float32) * (i + 1) for i in range(3)]
+    bn = miniran.nn.BatchNorm2d(3, momentum=None)
+    for b in batches:
+        bn(miniran.Tensor(b))
+    means = np.mean([b.mean(axis=(0, 2, 3)) for b in batches], axis=0)
+    variances = np.mean([b.var(axis=(0, 2, 3), ddof=1) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.running_mean, means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var, variances, rtol=1e-5)
+    assert "momentum=None" in repr(bn)
+    with pytest.raises(ValueError, match="momentum"):
+        F.batch_norm(miniran.Tensor(batches[0]), np.zeros(3, np.float32), np.ones(3, np.float32), momentum=None)

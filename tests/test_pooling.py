@@ -285,3 +285,18 @@ def test_matches_torch(k, s, p, ceil_mode, hw, rng):
         my.backward(gy)
         np.testing.assert_allclose(my.data, ty.detach().numpy(), rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(mx.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_max_pool_window_of_minus_infinity_keeps_its_gradient():
+    """PyTorch's answer: a window whose pixels are all -inf sends its gradient to its first real pixel."""
+    x = np.full((1, 1, 4, 4), -np.inf)
+    x[0, 0, 2:, 2:] = 1.0
+    for padding in (0, 1):
+        t = Tensor(x.copy(), requires_grad=True)
+        y = F.max_pool2d(t, 2, 2, padding)
+        y.backward(np.ones(y.shape))
+        assert t.grad.sum() == y.size, padding  # no gradient is lost in the padding
+    t = Tensor(x.copy(), requires_grad=True)
+    F.max_pool2d(t, 2, 2, 1).sum().backward()
+    # window (0, 0) covers padding and x[0, 0, 0, 0] only: the gradient lands on that real pixel
+    assert t.grad[0, 0, 0, 0] == 1.0

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import miniran.functional as F
+from miniran import backend, models
+from miniran.autograd import Tensor
 from miniran.train import cli
 from miniran.train.checkpoint import Checkpoint
 from miniran.train.trainer import TrainConfig, TrainingDiverged, train
@@ -153,7 +155,30 @@ def test_gpu_without_gpu_explains_how_to_install(tmp_path, capsys):
 def test_gpu_training_matches_cpu_for_a_few_steps(tmp_path, cp):
     cpu = train(tiny_config(tmp_path / "cpu", max_steps=3), progress=False, log=lambda *a: None)
     gpu = train(tiny_config(tmp_path / "gpu", max_steps=3, device="gpu"), progress=False, log=lambda *a: None)
-    assert gpu[0]["train_loss"] == pytest.approx(cpu[0]["train_loss"], rel=1e-3)
+    # float32 sums in another order drift apart over three updates (some weight
+    # gradients of Attention-56 are mostly cancellation); the exact agreement is
+    # checked in float64 by test_attention56_gradients_agree_on_gpu_in_float64
+    assert gpu[0]["train_loss"] == pytest.approx(cpu[0]["train_loss"], rel=2e-2)
+    assert gpu[0]["test_images"] == cpu[0]["test_images"] == 10
+
+
+@pytest.mark.gpu
+def test_attention56_gradients_agree_on_gpu_in_float64(cp):
+    """One forward and backward pass of the whole network: CuPy equals NumPy in float64."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32))
+    y = rng.integers(0, 10, 4)
+    results = []
+    for xp in (np, cp):
+        net = models.attention56(num_classes=10, seed=0).astype(np.float64)
+        if xp is cp:
+            net.to("gpu")
+        loss = F.cross_entropy(net(Tensor(xp.asarray(x))), xp.asarray(y))
+        loss.backward()
+        results.append([float(loss.data)] + [backend.to_numpy(p.grad) for p in net.parameters()])
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-12)
+    for a, b in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9 * np.abs(a).max())
 
 
 def test_resume_keeps_the_saved_device_unless_given(tmp_path):
@@ -163,3 +188,313 @@ def test_resume_keeps_the_saved_device_unless_given(tmp_path):
     assert cli._config_from_args(args).device is None
     args = cli.build_parser().parse_args(["train", "--resume", "--device", "cpu", "--out", str(tmp_path)])
     assert cli._config_from_args(args).device == "cpu"
+
+
+# ============================================================================ issue 10: no data loss, one clear line
+
+import errno  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from miniran import _io  # noqa: E402
+from miniran.train import trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--dataset", "cifar10-sample", "--subset", "32", "--test-subset", "10", "--batch-size", "8",
+             "--seed", "3", "--no-progress"]
+
+
+def quiet(*args):
+    pass
+
+
+def run_cli(*argv, timeout=300):
+    """``python -m miniran ARGV`` in a subprocess: (status, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "miniran", *map(str, argv)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(status, err, *needles):
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch tiny run (4 steps), made once for the tests below; copy before changing it."""
+    out = tmp_path_factory.mktemp("finished")
+    train(tiny_config(out, epochs=1), progress=False, log=quiet)
+    return out
+
+
+def copy_run(src, dest):
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in snapshot(src).items():
+        (dest / name).write_bytes(data)
+    return dest
+
+
+def test_train_refuses_an_out_folder_that_holds_a_run(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    status, _, err = run_cli("train", *TINY_ARGS, "--max-steps", "1", "--out", run)
+    assert_one_line_error(status, err, str(run), "--resume", "--force")
+    assert snapshot(run) == before
+    # --force starts over, on purpose
+    history = train(tiny_config(run, max_steps=2), force=True, progress=False, log=quiet)
+    assert [r["step"] for r in history] == [2]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+def test_cli_force_flag_is_passed(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config, **kw: seen.update(kw) or [])
+    monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
+    assert cli.main(["train", "--force", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert seen["force"] is True
+
+
+def test_torn_metrics_tail_is_reported_and_the_rest_kept(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    good = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(good + '{"epoch": 2, "step": 8, "train_lo')  # a crash mid-append
+    messages = []
+    rows = trainer.read_metrics(run / "metrics.jsonl", warn=messages.append)
+    assert rows == [json.loads(good)]
+    assert len(messages) == 1 and "metrics.jsonl" in messages[0] and "line 2" in messages[0]
+    # plot survives it and says so
+    assert cli.main(["plot", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "line 2" in err and "Traceback" not in err
+    # resume survives it, and rewrites the file without the torn line
+    history = train(tiny_config(run, epochs=2), resume=True, progress=False, log=quiet)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_damaged_metrics_line_in_the_middle_is_one_clear_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "step": 4}\nnot json\n{"epoch": 3, "step": 12}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl.*line 2"):
+        trainer.read_metrics(path)
+
+
+def test_metrics_append_never_tears(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    _io.append_line(path, json.dumps({"epoch": 1}))
+    before = path.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def half_write(fd, data):  # the disk fills up half way through the line
+        calls.append(len(data))
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(os, "write", half_write)
+    with pytest.raises(OSError):
+        _io.append_line(path, json.dumps({"epoch": 2, "step": 8}))
+    assert len(calls) == 1  # the whole line in one write
+    assert path.read_bytes() == before
+
+
+def test_metrics_rewrite_leaves_no_tmp_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n')
+
+    def unserialisable(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dumps", unserialisable)
+    with pytest.raises(OSError):
+        trainer.write_metrics(path, [{"epoch": 1}])
+    assert os.listdir(tmp_path) == ["metrics.jsonl"] and path.read_text() == '{"epoch": 1}\n'
+
+
+def test_saving_never_changes_the_umask(tmp_path, monkeypatch):
+    def forbidden(*a):
+        raise AssertionError("os.umask called: it changes the mask of the whole process")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    from miniran.nn import save_arrays
+
+    save_arrays(tmp_path / "a.npz", {"x": np.zeros(3)})
+    _io.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"x"))
+    assert (tmp_path / "a.npz").exists() and (tmp_path / "b.bin").read_bytes() == b"x"
+
+
+def _damaged_checkpoints(src, folder):
+    """name -> path of a damaged copy of the checkpoint ``src``."""
+    data = Path(src).read_bytes()
+    out = {}
+    out["truncated"] = folder / "truncated.npz"
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2: len(data) // 2 + 4096] = b"\0" * 4096
+    out["corrupt"] = folder / "corrupt.npz"
+    out["corrupt"].write_bytes(bytes(corrupt))
+    out["npy"] = folder / "weights.npy"
+    np.save(out["npy"], np.zeros(3))
+    out["text"] = folder / "notes.npz"
+    out["text"].write_text("hello")
+    arrays = dict(np.load(src))
+
+    def with_config(**changes):
+        config = {**json.loads(str(arrays["meta/config"])), **changes}
+        return lambda a: a.__setitem__("meta/config", np.array(json.dumps(config)))
+
+    for name, change in [
+        ("unknown_key", with_config(colour=1)),
+        ("wrong_type", with_config(lr="fast")),
+        ("not_a_dict", lambda a: a.__setitem__("meta/config", np.array("[1, 2]"))),
+        ("no_step", lambda a: a.pop("meta/step")),
+    ]:
+        copy = dict(arrays)
+        change(copy)
+        out[name] = folder / f"{name}.npz"
+        np.savez(out[name], **copy)
+    return out
+
+
+DAMAGE = ["truncated", "corrupt", "npy", "text", "unknown_key", "wrong_type", "not_a_dict", "no_step"]
+
+
+@pytest.fixture(scope="module")
+def damaged(finished_run, tmp_path_factory):
+    return _damaged_checkpoints(finished_run / "checkpoint.npz", tmp_path_factory.mktemp("damaged"))
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_checkpoint_is_one_clear_line(kind, damaged):
+    path = damaged[kind]
+    before = path.read_bytes()
+    status, _, err = run_cli("eval", "--checkpoint", path)
+    assert_one_line_error(status, err, path.name)
+    assert path.read_bytes() == before
+
+
+def test_damaged_checkpoint_on_resume_is_one_clear_line(damaged, finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "checkpoint.npz").write_bytes(damaged["truncated"].read_bytes())
+    before = snapshot(run)
+    status, _, err = run_cli("train", "--resume", "--out", run, "--no-progress")
+    assert_one_line_error(status, err, "checkpoint.npz")
+    assert snapshot(run) == before
+
+
+def test_weights_that_do_not_match_the_config_are_summarised(finished_run, tmp_path):
+    arrays = dict(np.load(finished_run / "checkpoint.npz"))
+    config = json.loads(str(arrays["meta/config"]))
+    arrays["meta/config"] = np.array(json.dumps({**config, "model": "attention92"}))
+    path = tmp_path / "mismatch.npz"
+    np.savez(path, **arrays)
+    status, _, err = run_cli("eval", "--checkpoint", path)
+    assert_one_line_error(status, err, "missing")
+    assert len(err) < 600, err
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_that_is_a_file_is_one_clear_line(where, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("my notes\n")
+    out = blocker if where == "file" else blocker / "run"
+    status, _, err = run_cli("train", *TINY_ARGS, "--max-steps", "1", "--out", out)
+    assert_one_line_error(status, err, str(blocker))
+    assert blocker.read_text() == "my notes\n"
+
+
+def test_read_only_out_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == out else real_access(p, mode, **k))
+    assert cli.main(["train", *TINY_ARGS, "--max-steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(2, err, str(out), "not writable")
+    assert list(out.iterdir()) == []
+
+
+def test_disk_full_during_checkpoint_write_keeps_the_earlier_one(finished_run, tmp_path, monkeypatch, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    before = (run / "checkpoint.npz").read_bytes()
+
+    def disk_full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    code = cli.main(["train", "--resume", "--epochs", "2", "--out", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, "No space left on device", "checkpoint.npz", "safe")
+    assert (run / "checkpoint.npz").read_bytes() == before
+    assert not [p for p in os.listdir(run) if p.startswith(".tmp")]
+
+
+def test_resume_after_mid_epoch_stop_writes_one_row_per_epoch(tmp_path):
+    train(tiny_config(tmp_path, max_steps=6), progress=False, log=quiet)  # epoch 2 stopped half way
+    history = train(tiny_config(tmp_path, max_steps=8), resume=True, progress=False, log=quiet)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [4, 8]
+    assert rows == history
+
+
+def test_ctrl_c_hint_does_not_offer_resume_when_nothing_was_saved(tmp_path, monkeypatch, capsys):
+    def interrupted(config, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert cli.main(["train", "--out", str(tmp_path / "fresh"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "--resume" not in err and "nothing was saved" in err
+
+
+# ---------------------------------------------------------------- issue 10: options and settings
+
+
+def test_resume_with_epochs_after_a_max_steps_run(tmp_path):
+    train(tiny_config(tmp_path, max_steps=6), progress=False, log=quiet)
+    history = train(tiny_config(tmp_path, epochs=3), resume=True, progress=False, log=quiet)
+    assert [r["step"] for r in history] == [4, 8, 12]
+    with pytest.raises(ValueError, match=r"already at step 12.*--epochs 2"):
+        train(tiny_config(tmp_path, epochs=2), resume=True, progress=False, log=quiet)
+
+
+def test_resume_warns_about_ignored_options(finished_run, tmp_path, monkeypatch):
+    run = copy_run(finished_run, tmp_path / "run")
+    messages = []
+    monkeypatch.setattr(trainer, "load_data", lambda config: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # stop right after the set-up's messages
+        train(tiny_config(run, epochs=2, lr=0.05, seed=9), resume=True, progress=False, log=messages.append)
+    warning = [m for m in messages if m.startswith("warning:")]
+    assert len(warning) == 1
+    assert "--lr 0.05" in warning[0] and "--seed 9" in warning[0] and "--epochs" in warning[0]
+    assert "--batch-size" not in warning[0]  # same value as the saved run: nothing to say
+
+
+@pytest.mark.parametrize("argv", [["--lr", "nan"], ["--lr", "inf"], ["--weight-decay", "nan"],
+                                  ["--label-noise", "nan"], ["--weight-decay", "-1"]])
+def test_non_finite_settings_are_one_clear_line(argv, tmp_path):
+    status, _, err = run_cli("train", *TINY_ARGS, "--max-steps", "1", "--out", tmp_path / "r", *argv)
+    assert_one_line_error(status, err, argv[0])
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_and_force_together_are_refused(tmp_path, capsys):
+    assert cli.main(["train", "--resume", "--force", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert_one_line_error(2, capsys.readouterr().err, "--resume", "--force")
+
+
+def test_demo_does_not_overwrite_an_earlier_demo(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer, "train", lambda config, **kw: seen.update(kw, out=config.out) or [])
+    monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
+    assert cli.main(["demo", "--no-progress"]) == 0 and seen["force"] is False and seen["out"] == "runs/demo"
+    assert cli.main(["demo", "--no-progress", "--force"]) == 0 and seen["force"] is True

@@ -106,7 +106,7 @@ def test_batch_norm_forward_matches_reference_and_library(shape, rng):
     x, gamma, beta = _bn_inputs(rng, shape)
     out = batch_norm_train(Tensor(x), Tensor(gamma), Tensor(beta))
     np.testing.assert_allclose(out.data, _reference_batch_norm(x, gamma, beta), rtol=1e-10, atol=1e-12)
-    lib = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), training=True)
+    lib = F.batch_norm(Tensor(x), weight=Tensor(gamma), bias=Tensor(beta), training=True)
     np.testing.assert_allclose(out.data, lib.data, rtol=1e-10, atol=1e-12)
     # each channel of xhat has mean 0 and (biased) variance var / (var + eps), about 1
     axes = (0,) + tuple(range(2, len(shape)))
@@ -125,7 +125,7 @@ def test_batch_norm_backward_matches_library(rng):
     x, gamma, beta = _bn_inputs(rng, (3, 4, 3, 3))
     gy = rng.uniform(-1, 1, size=x.shape)
     grads = []
-    for fn in (batch_norm_train, lambda a, g, b: F.batch_norm(a, g, b, training=True)):
+    for fn in (batch_norm_train, lambda a, g, b: F.batch_norm(a, weight=g, bias=b, training=True)):
         ts = [Tensor(v.copy(), requires_grad=True) for v in (x, gamma, beta)]
         fn(*ts).backward(gy)
         grads.append([t.grad for t in ts])

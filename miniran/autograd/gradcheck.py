@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from miniran import backend
+from miniran.autograd import graph
 from miniran.autograd.tensor import Tensor, as_array, enable_grad, no_grad
 
 
@@ -125,17 +126,8 @@ def _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, r
     if all(g is None for g in gys):
         raise ValueError("gradcheck: fn returned no output that depends on the checked inputs")
     roots = [(o, g) for o, g in zip(outs, gys) if g is not None]
-    # one backward through the sum of <gy, out> (a single graph walk)
-    if len(roots) == 1:
-        roots[0][0].backward(roots[0][1].astype(roots[0][0].dtype))
-    else:
-        from miniran import functional as F
-
-        total = None
-        for o, g in roots:
-            term = F.sum(o * Tensor(g.astype(o.dtype)))
-            total = term if total is None else total + term
-        total.backward()
+    # the gradient of sum_i <gy_i, out_i>: one graph walk from every output at once
+    graph.backward([o for o, _ in roots], [g.astype(o.dtype) for o, g in roots])
 
     total_elems = sum(tensors[i].size for i in checked)
     if mode == "auto":

@@ -8,24 +8,26 @@ Design (see docs/autograd.md):
   Backward passes are written with array code, not with differentiable ops:
   simpler to read and faster, at the price of no double backprop.
 * Calling a function records it as the ``creator`` of its outputs, with a
-  *generation* one above its newest input. ``Tensor.backward`` walks the graph
-  with a heap keyed on generation, newest first, so every function runs once,
-  after all the gradients flowing into it have been summed, and a chain of any
-  length works (no recursion).
+  *generation* one above its newest input. ``Tensor.backward`` checks its
+  argument and hands over to :func:`miniran.autograd.graph.backward`, the
+  graph walk (a heap keyed on generation, newest first, so every function runs
+  once, after all the gradients flowing into it have been summed).
 * The graph is freed as it is walked (unless ``retain_graph=True``): each
   function drops its inputs and saved arrays after its backward has run.
+* The operators (``a + b``, ``x.sum()``, ...) are differentiable operations of
+  :mod:`miniran.functional`, which installs them on ``Tensor`` when imported;
+  this module imports nothing above :mod:`miniran.backend`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import weakref
 
 import numpy as np
 
 from miniran import backend
+from miniran.autograd import graph
 
 # --------------------------------------------------------------------------- config
 
@@ -167,6 +169,11 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        # as NumPy: one element has a truth value, more is ambiguous (ValueError), so
+        # `if a == b`, `x in list` and `if loss < 0.5` behave as with arrays
+        return bool(self.data)
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         body = np.array2string(backend.to_numpy(self.data), prefix="Tensor(")
@@ -189,11 +196,6 @@ class Tensor:
         if moved is self.data:
             return self
         return Tensor(moved, requires_grad=self.requires_grad, name=self.name)
-
-    def astype(self, dtype) -> "Tensor":
-        from miniran.functional import cast
-
-        return cast(self, dtype)
 
     def detach(self) -> "Tensor":
         """A new leaf sharing the data, cut from the graph."""
@@ -242,154 +244,23 @@ class Tensor:
                 )
             grad = grad.astype(self.dtype, copy=False)
 
-        if self.creator is None:
-            self._accumulate(grad)
-            return
+        graph.backward([self], [grad], retain_graph=retain_graph)
 
-        # gradients of non-leaf tensors live here during the walk, keyed by id;
-        # the tensor is kept with its gradient so freeing a consumer cannot drop it
-        grads = {id(self): (self, grad)}
-        heap = []
-        seen = set()
-        counter = itertools.count()  # tie-breaker: heapq never compares functions
-
-        def push(func):
-            if id(func) not in seen:
-                seen.add(id(func))
-                heapq.heappush(heap, (-func.generation, next(counter), func))
-
-        push(self.creator)
-        while heap:
-            _, _, func = heapq.heappop(heap)
-            outputs = [ref() for ref in func.outputs]
-            gys = []
-            for out in outputs:
-                g = None if out is None else grads.pop(id(out), (None, None))[1]
-                if g is not None and out._retain_grad:
-                    out.grad = g if out.grad is None else out.grad + g
-                gys.append(g)
-            if all(g is None for g in gys):
-                continue
-            if func.inputs is None:
-                raise RuntimeError(
-                    "backward through a graph that was already freed; "
-                    "pass retain_graph=True to the first backward call"
-                )
-            gys = [
-                g if g is not None else xp.zeros(out.shape, dtype=out.dtype)
-                for g, out, in zip(gys, func._output_meta)
-            ]
-            gxs = func.backward(*gys)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            if len(gxs) != len(func.inputs):
-                raise RuntimeError(
-                    f"{type(func).__name__}.backward returned {len(gxs)} gradients "
-                    f"for {len(func.inputs)} inputs"
-                )
-            for x, gx in zip(func.inputs, gxs):
-                if gx is None or not x.requires_grad:
-                    continue
-                if gx.shape != x.shape:
-                    raise RuntimeError(
-                        f"{type(func).__name__}.backward returned a gradient of shape "
-                        f"{gx.shape} for an input of shape {x.shape}"
-                    )
-                if x.creator is None:
-                    x._accumulate(gx)
-                else:
-                    prev = grads.get(id(x))
-                    # never add in place: gx may alias an array the function still uses
-                    grads[id(x)] = (x, gx if prev is None else prev[1] + gx)
-                    push(x.creator)
-            if not retain_graph:
-                func.release()
-
-    def _accumulate(self, g):
+    def _accumulate(self, g, owned=False):
+        """Add ``g`` to ``.grad``. ``owned``: ``g`` is a fresh array that nothing
+        else holds, so the first gradient can keep it instead of a copy (one
+        device operation less per parameter and step on the GPU)."""
         if g.dtype != self.dtype:
-            g = g.astype(self.dtype)
-        self.grad = g.copy() if self.grad is None else self.grad + g
+            g, owned = g.astype(self.dtype), True
+        if self.grad is None:
+            self.grad = g if owned else g.copy()
+        else:
+            self.grad = self.grad + g  # never in place: the old array may be shared
 
-    # -- operators (implemented in miniran.functional, imported lazily to keep layers)
-    def __add__(self, other):
-        return _F().add(self, other)
-
-    def __radd__(self, other):
-        return _F().add(other, self)
-
-    def __sub__(self, other):
-        return _F().sub(self, other)
-
-    def __rsub__(self, other):
-        return _F().sub(other, self)
-
-    def __mul__(self, other):
-        return _F().mul(self, other)
-
-    def __rmul__(self, other):
-        return _F().mul(other, self)
-
-    def __truediv__(self, other):
-        return _F().div(self, other)
-
-    def __rtruediv__(self, other):
-        return _F().div(other, self)
-
-    def __neg__(self):
-        return _F().neg(self)
-
-    def __pow__(self, exponent):
-        return _F().pow(self, exponent)
-
-    def __matmul__(self, other):
-        return _F().matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _F().matmul(other, self)
-
-    def __getitem__(self, index):
-        return _F().getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False):
-        return _F().sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return _F().mean(self, axis, keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return _F().max(self, axis, keepdims)
-
-    def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _F().reshape(self, shape)
-
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _F().transpose(self, axes or None)
-
-    @property
-    def T(self):
-        return _F().transpose(self, None)
-
-    def flatten(self, start_dim=1):
-        return _F().flatten(self, start_dim)
-
-    def exp(self):
-        return _F().exp(self)
-
-    def log(self):
-        return _F().log(self)
-
-    def tanh(self):
-        return _F().tanh(self)
-
-    def sigmoid(self):
-        return _F().sigmoid(self)
-
-    def relu(self):
-        return _F().relu(self)
+    # -- operators: ``+ - * / ** @ []``, ``.sum()``, ``.reshape()``, ... are differentiable
+    # operations of the layer above; miniran.functional installs them on this class
+    # when it is imported (see miniran/functional/tensor_methods.py), so autograd
+    # imports nothing above itself.
 
     # comparisons give plain (non-differentiable) boolean arrays wrapped in tensors
     def __eq__(self, other):  # noqa: D105
@@ -415,13 +286,6 @@ class Tensor:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
-
-
-def _F():
-    # Lazy import: the functional layer sits above autograd.
-    from miniran import functional
-
-    return functional
 
 
 def as_tensor(value, like: Tensor | None = None) -> Tensor:

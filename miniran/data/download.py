@@ -4,8 +4,9 @@ The steps, each a small function that can be tested alone:
 
 1. :func:`fetch_url` streams a URL (``https://`` or ``file://``) to a file.
 2. :func:`download_archive` writes the archive next to its final name, checks
-   its md5 and only then renames it into place, so a broken or tampered
-   download never looks like a good one.
+   its md5 and only then renames it into place (:func:`miniran._io.atomic_path`),
+   so a broken or tampered download never looks like a good one. A failed
+   download leaves nothing behind, not even the folder it created.
 3. :func:`safe_extract` unpacks a ``.tar.gz`` after checking **every** member
    first: absolute paths, paths that leave the target folder (``../``), links
    and special files are refused, and nothing is written when one is found.
@@ -24,6 +25,8 @@ import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
+
+from miniran._io import atomic_path
 
 __all__ = [
     "ChecksumError", "DatasetCorruptError", "DatasetNotFoundError", "UnsafeArchiveError",
@@ -52,13 +55,6 @@ def default_data_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME")
     base = Path(cache) if cache else Path.home() / ".cache"
     return base / "miniran"
-
-
-def make_readable(path) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the usual mode allowed by the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _md5():
@@ -113,26 +109,37 @@ def download_archive(url: str, md5: str, dest_dir, filename: str | None = None, 
     target = dest_dir / filename
     if target.is_file() and file_md5(target) == md5:
         return target
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    created = _missing_parents(dest_dir)
     fetch = fetch_url if fetch is None else fetch
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".tmp-", suffix="-" + filename)
-    os.close(fd)
     try:
-        print(f"miniran: downloading {url} -> {target}", file=sys.stderr)
-        fetch(url, tmp)
-        actual = file_md5(tmp)
-        if actual != md5:
-            raise ChecksumError(
-                f"the file downloaded from {url} has md5 {actual}, expected {md5}: it is "
-                "incomplete or not the official file, so it was deleted. Try again, or "
-                f"download it yourself and put it at {target}."
-            )
-        make_readable(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            print(f"miniran: downloading {url} -> {target}", file=sys.stderr)
+            fetch(url, tmp)
+            actual = file_md5(tmp)
+            if actual != md5:
+                raise ChecksumError(
+                    f"the file downloaded from {url} has md5 {actual}, expected {md5}: it is "
+                    "incomplete or not the official file, so it was deleted. Try again, or "
+                    f"download it yourself and put it at {target}."
+                )
+    except BaseException:
+        for folder in created:  # a failed download leaves no trace, not even the folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return target
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders that ``folder.mkdir(parents=True)`` would create, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _check_member(member: tarfile.TarInfo, target: Path) -> None:

@@ -16,6 +16,7 @@ and continues with exactly the batches the original would have produced.
 from __future__ import annotations
 
 import json
+import numbers
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class DataLoader:
         device: ``"cpu"`` (NumPy batches) or ``"gpu"`` (CuPy batches; the
             whole uint8 dataset is copied to the GPU once, here).
         padding: P for ``augment`` (4 in the paper).
+        num_classes: when given, labels outside ``[0, num_classes)`` are refused
+            here (on the GPU they would otherwise wrap around silently).
 
     Yields:
         ``x`` float32 ``(B, 3, 32, 32)`` and ``y`` int64 ``(B,)``, raw arrays on ``device``.
@@ -57,7 +60,7 @@ class DataLoader:
 
     def __init__(self, images, labels, batch_size: int = 64, shuffle: bool = True,
                  augment: bool = False, normalize="pixel", mean=None, std=None, seed: int = 0,
-                 drop_last: bool = False, device="cpu", padding: int = 4):
+                 drop_last: bool = False, device="cpu", padding: int = 4, num_classes=None):
         images = backend.to_numpy(images)
         labels = backend.to_numpy(labels)
         if images.ndim != 4:
@@ -70,10 +73,21 @@ class DataLoader:
             raise ValueError(f"normalize must be 'pixel', 'channel' or None, got {normalize!r}")
         if images.shape[0] == 0:
             raise ValueError("the dataset is empty")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        # Checked here, once, on the host: on the GPU an out-of-range label is
+        # not an error but silently wraps around (CuPy's fancy indexing), and a
+        # check per batch would make the host wait for the GPU every step.
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= int(num_classes)):
+            expected = f"[0, {int(num_classes)})" if num_classes is not None else ">= 0"
+            raise ValueError(f"labels must lie in {expected}, got range [{low}, {high}]")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.augment = bool(augment)
         self.drop_last = bool(drop_last)
+        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+            raise ValueError(f"DataLoader: padding must be an int >= 0, got {padding!r}")
         self.padding = int(padding)
         self.device = backend.normalize_device(device)
         self.num_samples = int(images.shape[0])

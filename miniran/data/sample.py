@@ -23,15 +23,14 @@ Arrays in the file (read with ``np.load(path)``, no pickle needed):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from miniran._io import atomic_write
 from miniran.backend import to_numpy
 from miniran.data.cifar import CIFAR10_CLASSES, load_cifar10
-from miniran.data.download import DatasetNotFoundError, make_readable
+from miniran.data.download import DatasetNotFoundError
 
 __all__ = [
     "SAMPLE_PATH", "balanced_subset", "load_cifar10_sample", "sample_indices",
@@ -151,13 +150,5 @@ def write_cifar10_sample(root, out=None, train_per_class: int = 400, test_per_cl
         f"miniran.data.balanced_subset with seed {seed} (train) and {seed + 1} (test)."
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        make_readable(tmp)  # mkstemp makes it private; package data must be readable
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda f: np.savez_compressed(f, **arrays))  # readable by all the umask allows
     return out

@@ -32,11 +32,14 @@ from miniran.functional.attention import channel_l2_normalize, spatial_sigmoid
 from miniran.functional.interpolation import interpolate_bilinear
 from miniran.functional.conv import col2im, conv2d, conv_output_size, im2col
 from miniran.functional.loss import cross_entropy, log_softmax, softmax
-from miniran.functional.normalization import batch_norm
+from miniran.functional.normalization import batch_norm, batch_norm_relu
 from miniran.functional.pooling import avg_pool2d, global_avg_pool2d, max_pool2d, pool_output_size
+from miniran.functional import tensor_methods
+
+tensor_methods.install()  # Tensor's operators (a + b, x.sum(), ...) are operations of this layer
 
 __all__ = [
-    "avg_pool2d", "batch_norm", "global_avg_pool2d", "max_pool2d", "pool_output_size",
+    "avg_pool2d", "batch_norm", "batch_norm_relu", "global_avg_pool2d", "max_pool2d", "pool_output_size",
     "col2im", "conv2d", "conv_output_size", "im2col",
     "channel_l2_normalize", "interpolate_bilinear", "spatial_sigmoid",
     "add", "cast", "concat", "cross_entropy", "div", "exp", "flatten", "getitem", "linear",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from miniran.autograd import Function, Tensor, as_array, sum_to
-from miniran.backend import get_array_module
+from miniran import backend
+from miniran.backend import get_array_module, is_cupy_array
 
 
 def _normalize_axis(axis, ndim):
@@ -91,10 +92,57 @@ class Pow(Function):
         return x ** self.c
 
     def backward(self, gy):
+        if self.c == 0:  # d(x**0)/dx = 0 everywhere, also at x = 0 (where x**-1 is inf)
+            return get_array_module(gy).zeros_like(gy)
         return gy * self.c * self.x ** (self.c - 1)
 
 
+class ScalarOp(Function):
+    """``x op c`` (or ``c op x`` with ``reverse``) for a Python number ``c``.
+
+    The number stays a Python number: NumPy and CuPy take it directly as an
+    operand (CuPy as a kernel argument), so ``1 + mask`` copies nothing to the
+    GPU, where a constant tensor would cost a host-to-device copy every call.
+    """
+
+    def __init__(self, op, c, reverse=False):
+        self.op, self.c, self.reverse = op, c, reverse
+
+    def forward(self, x):
+        c = self.c
+        self.x = x
+        if self.op == "add":
+            return x + c
+        if self.op == "sub":
+            return c - x if self.reverse else x - c
+        if self.op == "mul":
+            return x * c
+        return c / x if self.reverse else x / c  # "div"
+
+    def backward(self, gy):
+        c, x = self.c, self.x
+        if self.op == "add":
+            return gy
+        if self.op == "sub":
+            return -gy if self.reverse else gy
+        if self.op == "mul":
+            return gy * c
+        return -gy * c / (x * x) if self.reverse else gy / c  # "div"
+
+
+_SCALAR_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, np.ndarray)
+
+
 def _binary(cls, a, b):
+    if isinstance(a, Tensor) and not isinstance(b, Tensor) and _is_number(b):
+        return ScalarOp(_SCALAR_OPS[cls.__name__], b)(a)
+    if isinstance(b, Tensor) and not isinstance(a, Tensor) and _is_number(a):
+        op = _SCALAR_OPS[cls.__name__]
+        return ScalarOp(op, a, reverse=op in ("sub", "div"))(b)
     # constants take the dtype and device of the tensor operand
     like = a.data if isinstance(a, Tensor) else (b.data if isinstance(b, Tensor) else None)
     if not isinstance(a, Tensor):
@@ -189,7 +237,7 @@ def stable_sigmoid(x):
     return (xp.tanh(x * 0.5) + 1) * 0.5
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     """Paper Eq. 4 (mixed attention): f1(x) = 1 / (1 + exp(-x))."""
 
     def forward(self, x):
@@ -200,13 +248,22 @@ class Sigmoid(Function):
         return gy * self.y * (1 - self.y)
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
+    """max(x, 0). Backward keeps the output y, not a mask: y > 0 is the same test."""
+
     def forward(self, x):
-        self.mask = x > 0
-        return x * self.mask
+        self.y = get_array_module(x).maximum(x, 0)
+        return self.y
 
     def backward(self, gy):
-        return gy * self.mask
+        if is_cupy_array(gy):
+            return _RELU_GRAD_KERNEL(gy, self.y)  # one launch instead of two
+        return gy * (self.y > 0)
+
+
+# the fused `gy * (y > 0)` of ReLUFunction.backward
+_RELU_GRAD_KERNEL = backend.elementwise_kernel(
+    "miniran_relu_grad", "T gy, T y", "T gx", "gx = y > (T)0 ? gy : (T)0;")
 
 
 def exp(x) -> Tensor:
@@ -223,12 +280,12 @@ def tanh(x) -> Tensor:
 
 def sigmoid(x) -> Tensor:
     """Logistic sigmoid (numerically stable for large |x|)."""
-    return Sigmoid()(x)
+    return SigmoidFunction()(x)
 
 
 def relu(x) -> Tensor:
     """max(x, 0); the gradient at exactly 0 is taken as 0."""
-    return ReLU()(x)
+    return ReLUFunction()(x)
 
 
 # --------------------------------------------------------------------------- reductions
@@ -408,21 +465,29 @@ def concat(tensors, axis=0) -> Tensor:
 
 
 class MatMul(Function):
-    """a @ b for 2-D (or batched, broadcast) matrices."""
+    """a @ b for matrices, batches of them (broadcast) and vectors (NumPy's rules)."""
 
     def forward(self, a, b):
         self.a, self.b = a, b
         return a @ b
 
     def backward(self, gy):
+        # NumPy's rule for 1-D operands: a vector a (K,) acts as a row (1, K) and
+        # b (K,) as a column (K, 1), and that axis is dropped from the result.
+        # Promote them the same way, work on matrices (broadcast batches summed
+        # back by sum_to), and drop the axis again.
         xp = get_array_module(gy)
+        a = self.a[None, :] if self.a.ndim == 1 else self.a
+        b = self.b[:, None] if self.b.ndim == 1 else self.b
+        if self.b.ndim == 1:
+            gy = xp.expand_dims(gy, -1)
+        if self.a.ndim == 1:
+            gy = xp.expand_dims(gy, -2)
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = gy @ xp.swapaxes(self.b, -1, -2) if self.b.ndim > 1 else xp.multiply.outer(gy, self.b)
-            ga = sum_to(ga, self.a.shape)
+            ga = sum_to(gy @ xp.swapaxes(b, -1, -2), a.shape).reshape(self.a.shape)
         if self.needs_input_grad[1]:
-            gb = xp.swapaxes(self.a, -1, -2) @ gy if self.a.ndim > 1 else xp.multiply.outer(self.a, gy)
-            gb = sum_to(gb, self.b.shape)
+            gb = sum_to(xp.swapaxes(a, -1, -2) @ gy, b.shape).reshape(self.b.shape)
         return ga, gb
 
 
@@ -434,7 +499,7 @@ def matmul(a, b) -> Tensor:
     return _binary(MatMul, a, b)
 
 
-class Linear(Function):
+class LinearFunction(Function):
     """y = x W^T + b, x (N, in), W (out, in), b (out,)."""
 
     def forward(self, x, w, b=None):
@@ -463,4 +528,4 @@ def linear(x, weight, bias=None) -> Tensor:
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
     args = (x, weight) if bias is None else (x, weight, bias)
-    return Linear()(*args)
+    return LinearFunction()(*args)

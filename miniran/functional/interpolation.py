@@ -45,10 +45,12 @@ The dense form would stop paying off for large maps (cost grows like
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import numpy as np
 
+from miniran import backend
 from miniran.autograd import Function, Tensor
 from miniran.backend import get_array_module
 
@@ -103,6 +105,16 @@ def _interpolation_matrix(in_size, out_size, align_corners, dtype, xp=np):
     return a.astype(dtype)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_matrix(in_size, out_size, align_corners, dtype_str, on_gpu):
+    """The interpolation matrix, built once per shape on the host; on the GPU
+    it is copied to the device once, so a forward pass launches no kernel to
+    build it (the attention modules resize the same few shapes every step)."""
+    a = _interpolation_matrix(in_size, out_size, align_corners, np.dtype(dtype_str), np)
+    a.flags.writeable = False  # shared by every call: never modified in place
+    return backend.to_device(a, "gpu") if on_gpu else a
+
+
 def _matmul_last_axis(x, a):
     """``x @ a.T`` over the last axis of ``x`` as ONE matrix product.
 
@@ -126,8 +138,9 @@ class InterpolateBilinear(Function):
         (h, w), (ho, wo) = x.shape[2:], self.size
         # an axis whose size does not change is left alone: its matrix would be
         # the identity, so skipping it is exact and free
-        self.a_h = None if ho == h else _interpolation_matrix(h, ho, self.align_corners, x.dtype, xp)
-        self.a_w = None if wo == w else _interpolation_matrix(w, wo, self.align_corners, x.dtype, xp)
+        on_gpu, dt = xp is not np, np.dtype(x.dtype).str
+        self.a_h = None if ho == h else _cached_matrix(h, ho, self.align_corners, dt, on_gpu)
+        self.a_w = None if wo == w else _cached_matrix(w, wo, self.align_corners, dt, on_gpu)
         y = x
         if self.a_w is not None:
             y = _matmul_last_axis(y, self.a_w)  # (N, C, H, W_out)

@@ -43,18 +43,23 @@ def _channel_dot(a, b):
 
 
 class BatchNorm(Function):
-    """Batch norm on raw arrays; see :func:`batch_norm` for the arguments.
+    """Batch norm on raw arrays, optionally followed by a ReLU; see :func:`batch_norm`.
 
     Inputs: ``x`` (N, C, H, W) or (N, C), ``gamma`` (C,), ``beta`` (C,).
     Per-channel (C,) vectors are reshaped to ``bshape``, (1, C, 1, 1) or
     (1, C), to broadcast against x. In-place operations (``*=``, ``+=``) on
     arrays created here save a pass over memory and an allocation each.
+
+    ``relu=True`` computes ``relu(batch_norm(x))`` (:func:`batch_norm_relu`):
+    the same numbers as the two functions one after the other, in one
+    function, so the GPU does both in the same passes over memory.
     """
 
-    def __init__(self, running_mean, running_var, use_batch_stats, momentum, eps):
+    def __init__(self, running_mean, running_var, use_batch_stats, momentum, eps, relu=False):
         self.running_mean, self.running_var = running_mean, running_var
         self.use_batch_stats = use_batch_stats
         self.momentum, self.eps = momentum, eps
+        self.relu = relu
 
     def forward(self, x, gamma, beta):
         xp = get_array_module(x)
@@ -87,11 +92,16 @@ class BatchNorm(Function):
         y = xc
         y *= (gamma * inv_std).reshape(self.bshape)
         y += beta.reshape(self.bshape)
+        if self.relu:
+            xp.maximum(y, 0, out=y)
+            self.y = y  # backward needs y > 0, the ReLU's mask
         return y
 
     def backward(self, gy):
         if is_cupy_array(gy):
             return self._backward_gpu(gy)
+        if self.relu:
+            gy = gy * (self.y > 0)  # through the ReLU first
         bshape, m = self.bshape, self.m
         xhat = self.x - self.mean.reshape(bshape)
         xhat *= self.inv_std.reshape(bshape)
@@ -117,44 +127,50 @@ class BatchNorm(Function):
             gbeta if self.needs_input_grad[2] else None,
         )
 
-
     # ------------------------------------------------------------------ GPU path
-    # The same equations as above in five fused kernels per training step
-    # (two reductions and two elementwise kernels forward, two reductions and
-    # one elementwise kernel backward), instead of about 35 array operations.
-    # The array code above is the reference they are tested against.
+    # The same equations as above in two kernels forward (one reduction for
+    # the mean and variance, one elementwise pass that normalises, applies the
+    # ReLU and updates the running statistics) and two backward (one reduction
+    # for sum(gy) and sum(gy * xhat), one elementwise pass for gx), instead of
+    # about 35 array operations. The array code above is the reference they
+    # are tested against. Sums are accumulated in double precision.
 
     def _forward_gpu(self, x, gamma, beta):
-        x = get_array_module(x).ascontiguousarray(x)
+        cp = get_array_module(x)
+        x = cp.ascontiguousarray(x)
         bshape, m = self.bshape, self.m
+        c = x.shape[1]
+        plane = m // x.shape[0]  # H*W, the length of one channel of one image
+        update = self.use_batch_stats and self.running_mean is not None
         if self.use_batch_stats:
-            mean = _BN_MEAN(x, 1.0 / m, axis=self.axes)
-            var = _BN_VAR(x, mean.reshape(bshape), 1.0 / m, axis=self.axes)
-            inv_std = get_array_module(x).empty_like(mean)
-            if self.running_mean is not None:
-                _BN_STATS_UPDATE(mean, var, self.eps, self.momentum, m / (m - 1),
-                                 inv_std, self.running_mean, self.running_var)
-            else:
-                _BN_INV_STD(var, self.eps, inv_std)
+            # both outputs passed in: CuPy's ReductionKernel returns only the first
+            mean, var = cp.empty(c, dtype=x.dtype), cp.empty(c, dtype=x.dtype)
+            _BN_MOMENTS(x, 1.0 / m, mean, var, axis=self.axes)
         else:
-            mean = self.running_mean.astype(x.dtype)
-            inv_std = get_array_module(x).empty_like(mean)
-            _BN_INV_STD(self.running_var.astype(x.dtype), self.eps, inv_std)
-        self.x, self.mean, self.inv_std, self.gamma = x, mean, inv_std, gamma
-        return _BN_NORMALIZE(x, mean.reshape(bshape), inv_std.reshape(bshape),
-                             gamma.reshape(bshape), beta.reshape(bshape))
+            mean = self.running_mean.astype(x.dtype, copy=False)
+            var = self.running_var.astype(x.dtype, copy=False)
+        # kernels need arrays for the running statistics even when none are kept
+        rm, rv = (self.running_mean, self.running_var) if update else (mean, var)
+        y = cp.empty_like(x)
+        _BN_FORWARD(x, mean.reshape(bshape), var.reshape(bshape), gamma.reshape(bshape),
+                    beta.reshape(bshape), self.eps, int(self.relu), int(update), self.momentum,
+                    m / (m - 1), c, plane, y, rm, rv)
+        self.x, self.mean, self.var, self.gamma, self.beta = x, mean, var, gamma, beta
+        return y
 
     def _backward_gpu(self, gy):
+        cp = get_array_module(gy)
         bshape, m = self.bshape, self.m
-        gy = get_array_module(gy).ascontiguousarray(gy)
-        mean, inv_std = self.mean.reshape(bshape), self.inv_std.reshape(bshape)
-        gbeta = _BN_SUM(gy, axis=self.axes)
-        ggamma = _BN_SUM_GY_XHAT(gy, self.x, mean, inv_std, axis=self.axes)
+        gy = cp.ascontiguousarray(gy)
+        per_channel = [a.reshape(bshape) for a in (self.mean, self.var, self.gamma, self.beta)]
+        c = gy.shape[1]
+        gbeta, ggamma = cp.empty(c, dtype=gy.dtype), cp.empty(c, dtype=gy.dtype)
+        _BN_BACKWARD_SUMS(gy, self.x, *per_channel, self.eps, int(self.relu), gbeta, ggamma,
+                          axis=self.axes)
         gx = None
         if self.needs_input_grad[0]:
-            gx = _BN_GRAD_X(gy, self.x, mean, inv_std, self.gamma.reshape(bshape),
-                            gbeta.reshape(bshape), ggamma.reshape(bshape),
-                            1.0 / m, int(self.use_batch_stats))
+            gx = _BN_GRAD_X(gy, self.x, *per_channel, gbeta.reshape(bshape), ggamma.reshape(bshape),
+                            self.eps, 1.0 / m, int(self.use_batch_stats), int(self.relu))
         return (
             gx,
             ggamma if self.needs_input_grad[1] else None,
@@ -162,89 +178,142 @@ class BatchNorm(Function):
         )
 
 
+# Two sums at once, accumulated in double precision: (sum x, sum x^2) forward,
+# (sum gy, sum gy * xhat) backward.
+_BN_PAIR_PREAMBLE = """
+// (field names must not be `a` or `b`: those are the macro arguments of
+// CuPy's REDUCE(a, b) and POST_MAP(a))
+struct miniran_pair {
+    double first, second;
+    __device__ miniran_pair() : first(0), second(0) {}
+    __device__ miniran_pair(double v) : first(v), second(v) {}
+    __device__ miniran_pair(double u, double v) : first(u), second(v) {}
+};
+__device__ miniran_pair operator+(const miniran_pair& p, const miniran_pair& q) {
+    return miniran_pair(p.first + q.first, p.second + q.second);
+}
+"""
+
 # Per-channel vectors arrive reshaped to (1, C, 1, 1) and broadcast against x.
-_BN_MEAN = backend.reduction_kernel(
-    "miniran_bn_mean", "T x, T inv_m", "T mean",
-    map_expr="x", reduce_expr="a + b", post_map_expr="mean = a * inv_m", identity="0")
+_BN_MOMENTS = backend.reduction_kernel(
+    "miniran_bn_moments", "T x, float64 inv_m", "T mean, T var",
+    map_expr="miniran_pair((double)x, (double)x * (double)x)",
+    reduce_expr="a + b",
+    # biased variance E[x^2] - E[x]^2 (the one used to normalise), never below 0
+    post_map_expr="mean = (T)(a.first * inv_m), "
+                  "var = (T)fmax(a.second * inv_m - (a.first * inv_m) * (a.first * inv_m), 0.0)",
+    identity="0", reduce_type="miniran_pair", preamble=_BN_PAIR_PREAMBLE)
 
-_BN_VAR = backend.reduction_kernel(
-    "miniran_bn_var", "T x, T mean, T inv_m", "T var",
-    map_expr="(x - mean) * (x - mean)", reduce_expr="a + b", post_map_expr="var = a * inv_m",
-    identity="0")  # biased, the variance used to normalise
-
-_BN_INV_STD = backend.elementwise_kernel(
-    "miniran_bn_inv_std", "T var, T eps", "T inv_std", "inv_std = rsqrt(var + eps);")
-
-_BN_STATS_UPDATE = backend.elementwise_kernel(
-    "miniran_bn_stats_update", "T mean, T var, T eps, T momentum, T unbias",
-    "T inv_std, R running_mean, R running_var",
+_BN_FORWARD = backend.elementwise_kernel(
+    "miniran_bn_forward",
+    "T x, T mean, T var, T gamma, T beta, T eps, int32 relu, int32 update, T momentum, "
+    "T unbias, int32 channels, int32 plane",
+    "T y, raw R running_mean, raw R running_var",
     """
-    // one thread per channel: 1/sqrt(var + eps) for normalising, and the
-    // running statistics updated in place (unbiased variance, as PyTorch)
-    inv_std = rsqrt(var + eps);
-    running_mean = (R)((1 - momentum) * (T)running_mean + momentum * mean);
-    running_var = (R)((1 - momentum) * (T)running_var + momentum * var * unbias);
+    const T v = (x - mean) * (gamma * rsqrt(var + eps)) + beta;
+    y = (relu && v < (T)0) ? (T)0 : v;  // np.maximum(v, 0): a NaN stays NaN
+    // the first element of each channel (image 0, pixel 0) updates its running
+    // statistics: unbiased variance, as PyTorch
+    if (update && i < (ptrdiff_t)channels * plane && i % plane == 0) {
+        const int c = i / plane;
+        running_mean[c] = (R)((1 - momentum) * (T)running_mean[c] + momentum * mean);
+        running_var[c] = (R)((1 - momentum) * (T)running_var[c] + momentum * var * unbias);
+    }
     """)
 
-_BN_NORMALIZE = backend.elementwise_kernel(
-    "miniran_bn_normalize", "T x, T mean, T inv_std, T gamma, T beta", "T y",
-    "y = (x - mean) * (gamma * inv_std) + beta;")
-
-_BN_SUM = backend.reduction_kernel(
-    "miniran_bn_sum", "T gy", "T total",
-    map_expr="gy", reduce_expr="a + b", post_map_expr="total = a", identity="0")
-
-_BN_SUM_GY_XHAT = backend.reduction_kernel(
-    "miniran_bn_sum_gy_xhat", "T gy, T x, T mean, T inv_std", "T total",
-    map_expr="gy * ((x - mean) * inv_std)", reduce_expr="a + b", post_map_expr="total = a",
-    identity="0")
+_BN_BACKWARD_SUMS = backend.reduction_kernel(
+    "miniran_bn_backward_sums", "T gy, T x, T mean, T var, T gamma, T beta, T eps, int32 relu",
+    "T gbeta, T ggamma",
+    map_expr="miniran_bn_pair_of(gy, x, mean, var, gamma, beta, eps, relu)",
+    reduce_expr="a + b", post_map_expr="gbeta = (T)a.first, ggamma = (T)a.second",
+    identity="0", reduce_type="miniran_pair",
+    preamble=_BN_PAIR_PREAMBLE + """
+template <typename U>
+__device__ miniran_pair miniran_bn_pair_of(U gy, U x, U mean, U var, U gamma, U beta, U eps, int relu) {
+    const U inv_std = rsqrt(var + eps);
+    const U xhat = (x - mean) * inv_std;
+    // through the ReLU: no gradient where its output was not > 0 (the output
+    // recomputed with the forward kernel's expression, so the masks agree)
+    const U g = (relu && !((x - mean) * (gamma * inv_std) + beta > (U)0)) ? (U)0 : gy;
+    return miniran_pair((double)g, (double)g * (double)xhat);
+}
+""")
 
 _BN_GRAD_X = backend.elementwise_kernel(
     "miniran_bn_grad_x",
-    "T gy, T x, T mean, T inv_std, T gamma, T gbeta, T ggamma, T inv_m, int32 batch_stats",
+    "T gy, T x, T mean, T var, T gamma, T beta, T gbeta, T ggamma, T eps, T inv_m, "
+    "int32 batch_stats, int32 relu",
     "T gx",
     """
+    const T inv_std = rsqrt(var + eps);
+    const T xhat = (x - mean) * inv_std;
+    const T g = (relu && !((x - mean) * (gamma * inv_std) + beta > (T)0)) ? (T)0 : gy;
     const T a = gamma * inv_std;  // dy/dx with the statistics held fixed
-    if (batch_stats) {
-        // gx = a/M * (M*gy - sum(gy) - xhat*sum(gy*xhat))
-        const T xhat = (x - mean) * inv_std;
-        gx = a * (gy - inv_m * gbeta - xhat * (inv_m * ggamma));
-    } else {
-        gx = a * gy;
-    }
+    // batch statistics: gx = a/M * (M*g - sum(g) - xhat*sum(g*xhat))
+    gx = batch_stats ? a * (g - inv_m * gbeta - xhat * (inv_m * ggamma)) : a * g;
     """)
 
 
 def batch_norm(
     x,
-    gamma,
-    beta,
     running_mean=None,
     running_var=None,
-    training=True,
+    weight=None,
+    bias=None,
+    training=False,
     momentum=0.1,
     eps=1e-5,
 ) -> Tensor:
-    """Batch normalisation over the channel axis 1 (PyTorch semantics).
+    """Batch normalisation over the channel axis 1 (PyTorch's semantics and argument order).
+
+    The arguments come in the order of ``torch.nn.functional.batch_norm``:
+    ``batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``.
 
     Args:
         x: input tensor (N, C, H, W) or (N, C).
-        gamma: scale, tensor (C,) (``None``: ones, nothing learnt).
-        beta: shift, tensor (C,) (``None``: zeros, nothing learnt).
         running_mean, running_var: raw arrays (C,) on x's device, or both
             ``None``. In training mode they are updated **in place** with
             ``running = (1 - momentum) * running + momentum * batch_stat``
             (unbiased variance). With ``None`` the batch statistics are
             always used, in evaluation mode too.
-        training: use the batch statistics (True) or the running ones (False).
+        weight: gamma, the scale, tensor (C,) (``None``: ones, nothing learnt).
+        bias: beta, the shift, tensor (C,) (``None``: zeros, nothing learnt).
+        training: use the batch statistics (True) or the running ones (False,
+            the default, as in PyTorch).
         momentum: weight of the new batch statistic in the running update, in
             [0, 1]. ``None`` (PyTorch's cumulative average) needs a batch count:
             :class:`miniran.nn.BatchNorm2d` keeps one.
         eps: added to the variance before the square root.
 
     Returns:
-        Tensor of x's shape: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+        Tensor of x's shape: ``weight * (x - mean) / sqrt(var + eps) + bias``.
     """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+
+
+def batch_norm_relu(
+    x,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+) -> Tensor:
+    """``relu(batch_norm(x, ...))`` as one function (same arguments as :func:`batch_norm`).
+
+    The pre-activation units apply a ReLU right after every batch norm. As
+    one function the two give the same numbers, but the GPU computes them in
+    the same passes over memory: two kernel launches forward and two backward
+    instead of four and four.
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=True)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+    """Check the arguments of :func:`batch_norm` / :func:`batch_norm_relu` and apply it."""
+    gamma, beta = weight, bias
     x = x if isinstance(x, Tensor) else Tensor(x)
     if x.ndim not in (2, 4):
         raise ValueError(f"batch_norm: x must be 4-D (N, C, H, W) or 2-D (N, C), got shape {x.shape}")
@@ -269,7 +338,8 @@ def batch_norm(
     if running_mean is not None:
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
             if isinstance(r, Tensor):
-                raise TypeError(f"batch_norm: {name} must be a raw array (a module buffer), not a Tensor")
+                raise TypeError(f"batch_norm: {name} must be a raw array (a module buffer), not a Tensor "
+                                "(the order is PyTorch's: x, running_mean, running_var, weight, bias)")
             if tuple(r.shape) != (c,):
                 raise ValueError(
                     f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(r.shape)}"
@@ -283,4 +353,5 @@ def batch_norm(
         raise ValueError(
             f"batch_norm: training needs more than 1 value per channel, got x of shape {x.shape}"
         )
-    return BatchNorm(running_mean, running_var, use_batch_stats, float(momentum), float(eps))(x, gamma, beta)
+    return BatchNorm(running_mean, running_var, use_batch_stats, float(momentum), float(eps),
+                     relu=relu)(x, gamma, beta)

@@ -28,17 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from miniran import backend
 from miniran.autograd import Function, Tensor
 from miniran.backend import get_array_module
-
-
-def _pair(value, name):
-    """An int or a pair of ints -> a (height, width) tuple of ints."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+from miniran.functional._args import _pair
 
 
 def pool_output_size(size, kernel, stride, padding, ceil_mode=False):
@@ -146,13 +139,15 @@ class _Pool2d(Function):
         return xp.zeros(self.in_shape[:2] + self._padded_size(), dtype=like.dtype)
 
 
-class MaxPool2d(_Pool2d):
+class MaxPool2dFunction(_Pool2d):
     """Max pooling; saves the argmax offset of every window for backward."""
 
     def forward(self, x):
         xp = get_array_module(x)
         self.in_shape, self.out = x.shape, self._out_size(x)
         kh, kw = self.kernel
+        if xp is not np:
+            return self._forward_gpu(x)
         # padding must never win a max: fill it with -inf (every window holds
         # at least one real pixel, because padding <= kernel / 2)
         xpad = _padded(x, self.pad, self.out, self.kernel, self.stride, -np.inf)
@@ -170,10 +165,43 @@ class MaxPool2d(_Pool2d):
                 # max does it (plain ufuncs, much faster than a masked copy)
                 xp.maximum(arg, beats * arg.dtype.type(k), out=arg)
             xp.maximum(best, win, out=best)
+        if track and max(self.pad) > 0:
+            # a window whose real pixels are all -inf ties with its -inf padding; as
+            # in PyTorch its gradient goes to its first *real* pixel, not the padding
+            (ph, pw), (sh, sw) = self.pad, self.stride
+            first_row = xp.maximum(ph - xp.arange(self.out[0]) * sh, 0)[:, None]
+            first_col = xp.maximum(pw - xp.arange(self.out[1]) * sw, 0)[None, :]
+            first_real = (first_row * kw + first_col).astype(arg.dtype)
+            xp.copyto(arg, xp.broadcast_to(first_real, arg.shape), where=(best == -np.inf) & (arg == 0))
         self.arg = arg
         return best
 
+    def _forward_gpu(self, x):
+        """One kernel: every output pixel scans its window for the max and
+        records where it was (the same tie and -inf rules as the array code)."""
+        cp = get_array_module(x)
+        x = cp.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel, self.stride, self.pad, self.out
+        y = cp.empty((n, c, oh, ow), dtype=x.dtype)
+        self.arg = cp.empty((n, c, oh, ow), dtype=np.int32)  # flat y*W + x inside the plane
+        _MAX_POOL_FORWARD_KERNEL(x, h, w, kh, kw, sh, sw, ph, pw, oh, ow, -np.inf, y, self.arg)
+        return y
+
+    def _backward_gpu(self, gy):
+        """One kernel: every input pixel gathers the gradients of the windows
+        whose max it was (deterministic, no atomics)."""
+        cp = get_array_module(gy)
+        n, c, h, w = self.in_shape
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel, self.stride, self.pad, self.out
+        gx = cp.empty((n, c, h, w), dtype=gy.dtype)
+        _MAX_POOL_BACKWARD_KERNEL(cp.ascontiguousarray(gy), self.arg, h, w, kh, kw, sh, sw, ph, pw,
+                                  oh, ow, gx)
+        return gx
+
     def backward(self, gy):
+        if get_array_module(gy) is not np:
+            return self._backward_gpu(gy)
         # Each window sends its gradient to its argmax, a scatter-add: pixels
         # shared by overlapping windows (stride < kernel) receive several.
         # We turn every argmax into a flat index into the padded input and add
@@ -194,7 +222,73 @@ class MaxPool2d(_Pool2d):
         return self._unpad(gpad.reshape(n, c, hp, wp)).astype(gy.dtype)
 
 
-class AvgPool2d(_Pool2d):
+# One thread per output pixel of the (N, C, OH, OW) result. Padding counts as
+# -inf and never wins; on ties the first position wins (strictly greater), as
+# in PyTorch; a window whose real pixels are all -inf points at its first real
+# pixel; a NaN in a window makes its output NaN (np.maximum's rule).
+_MAX_POOL_FORWARD_KERNEL = backend.elementwise_kernel(
+    "miniran_max_pool_forward",
+    "raw T x, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw, "
+    "int32 out_h, int32 out_w, T neg_inf",
+    "T y, int32 arg",
+    """
+    const int ox = i % out_w;
+    const int oy = (i / out_w) % out_h;
+    const ptrdiff_t plane = i / ((ptrdiff_t)out_w * out_h);  // n * C + c
+    const int y0 = oy * sh - ph, x0 = ox * sw - pw;
+    const int first_y = y0 > 0 ? y0 : 0, first_x = x0 > 0 ? x0 : 0;
+    T best = neg_inf;  // -inf comes in as an argument: CUDA C has no portable constant
+    int best_at = first_y * w + first_x;  // the first real pixel of the window
+    for (int ky = 0; ky < kh; ++ky) {
+        const int yy = y0 + ky;
+        if (yy < 0 || yy >= h) continue;
+        for (int kx = 0; kx < kw; ++kx) {
+            const int xx = x0 + kx;
+            if (xx < 0 || xx >= w) continue;
+            const T v = x[plane * h * w + yy * w + xx];
+            if (v > best) best_at = yy * w + xx;
+            if (v > best || isnan(v)) best = v;
+        }
+    }
+    y = best;
+    arg = best_at;
+    """,
+)
+
+# One thread per input pixel: add up gy over the windows that cover the pixel
+# and chose it as their max.
+_MAX_POOL_BACKWARD_KERNEL = backend.elementwise_kernel(
+    "miniran_max_pool_backward",
+    "raw T gy, raw int32 arg, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, "
+    "int32 ph, int32 pw, int32 out_h, int32 out_w",
+    "T gx",
+    """
+    const int xx = i % w;
+    const int yy = (i / w) % h;
+    const ptrdiff_t plane = i / ((ptrdiff_t)w * h);
+    const int me = yy * w + xx;
+    T acc = (T)0;
+    // the windows (oy, ox) whose rows and columns cover (yy, xx)
+    for (int ky = 0; ky < kh; ++ky) {
+        const int ty = yy + ph - ky;
+        if (ty < 0 || ty % sh != 0) continue;
+        const int oy = ty / sh;
+        if (oy >= out_h) continue;
+        for (int kx = 0; kx < kw; ++kx) {
+            const int tx = xx + pw - kx;
+            if (tx < 0 || tx % sw != 0) continue;
+            const int ox = tx / sw;
+            if (ox >= out_w) continue;
+            const ptrdiff_t o = (plane * out_h + oy) * out_w + ox;
+            if (arg[o] == me) acc += gy[o];
+        }
+    }
+    gx = acc;
+    """,
+)
+
+
+class AvgPool2dFunction(_Pool2d):
     """Average pooling; the divisor of each output pixel is precomputed."""
 
     def __init__(self, kernel, stride, padding, ceil_mode, count_include_pad):
@@ -240,7 +334,7 @@ class AvgPool2d(_Pool2d):
         return self._unpad(gpad)
 
 
-class GlobalAvgPool2d(Function):
+class GlobalAvgPool2dFunction(Function):
     """(N, C, H, W) -> (N, C): the mean over H and W."""
 
     def forward(self, x):
@@ -272,7 +366,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False) -> Tenso
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     k, s, p = _check_pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return MaxPool2d(k, s, p, bool(ceil_mode))(x)
+    return MaxPool2dFunction(k, s, p, bool(ceil_mode))(x)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
@@ -294,7 +388,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     k, s, p = _check_pool_args("avg_pool2d", x, kernel_size, stride, padding)
-    return AvgPool2d(k, s, p, bool(ceil_mode), bool(count_include_pad))(x)
+    return AvgPool2dFunction(k, s, p, bool(ceil_mode), bool(count_include_pad))(x)
 
 
 def global_avg_pool2d(x) -> Tensor:
@@ -302,5 +396,5 @@ def global_avg_pool2d(x) -> Tensor:
     x = x if isinstance(x, Tensor) else Tensor(x)
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    return GlobalAvgPool2d()(x)
+    return GlobalAvgPool2dFunction()(x)
 

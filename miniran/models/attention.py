@@ -61,8 +61,8 @@ class MaskHead(nn.Module):
         self.bn_out = nn.BatchNorm2d(channels) if mask_bn else None
 
     def forward(self, x):
-        x = self.conv1(F.relu(self.bn1(x)))
-        x = self.conv2(F.relu(self.bn2(x)))
+        x = self.conv1(self.bn1(x, relu=True))  # ReLU(BN(x)), fused
+        x = self.conv2(self.bn2(x, relu=True))
         if self.bn_out is not None:
             x = self.bn_out(x)
         if self.attention == "mixed":

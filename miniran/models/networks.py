@@ -26,6 +26,7 @@ import numpy as np
 import miniran.functional as F
 from miniran import nn
 from miniran.models.attention import AttentionModule
+from miniran.models.pretrained import check_pretrained_arguments, load_pretrained
 from miniran.models.residual import PreActBottleneck
 
 
@@ -101,7 +102,7 @@ class ResidualAttentionNetwork(nn.Module):
         x = self.stem(x)
         x = self.stages(x)
         x = self.final(x)
-        return F.relu(self.bn(x))
+        return self.bn(x, relu=True)  # ReLU(BN(x)), fused
 
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != 3:
@@ -113,15 +114,30 @@ class ResidualAttentionNetwork(nn.Module):
         return [m for m in self.modules() if isinstance(m, AttentionModule)]
 
 
+def _no_pretrained(options, name):
+    if options.pop("pretrained", False):
+        raise ValueError(f"no pretrained weights for {name}; only attention56(pretrained=True) ships with miniran")
+
+
 def _cifar_attention(m, num_classes, seed, pools, p=1, t=2, r=1, **options):
+    _no_pretrained(options, f"Attention-{36 * m + 20}" if (p, t) == (1, 2) else "this network")
     return ResidualAttentionNetwork(
         "cifar", (64, 128, 256), (m, m, m), tuple(pools), num_classes=num_classes, seed=seed,
         p=p, t=t, r=r, **options,
     )
 
 
-def attention56(num_classes=10, seed=0, pools=(3, 2, 1), **options):
-    """Attention-56 for 32x32 input: one module per stage (m = 1)."""
+def attention56(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
+    """Attention-56 for 32x32 input: one module per stage (m = 1).
+
+    ``pretrained=True`` returns the network trained on CIFAR-10 that ships
+    with the package, in evaluation mode (:func:`~miniran.models.load_pretrained`;
+    ``model.pretrained_info`` holds its normalisation). It cannot be combined
+    with other ``num_classes``, ``pools`` or module options; ``seed`` is ignored.
+    """
+    if pretrained:
+        name = check_pretrained_arguments("attention56", num_classes, {"pools": pools, **options})
+        return load_pretrained(name)
     return _cifar_attention(1, num_classes, seed, pools, **options)
 
 
@@ -160,6 +176,7 @@ def resnet164(num_classes=10, seed=0):
 
 
 def _imagenet_attention(modules, num_classes, seed, **options):
+    _no_pretrained(options, "the ImageNet networks")
     return ResidualAttentionNetwork(
         "imagenet", (256, 512, 1024), modules, (3, 2, 1), final_units=3, final_width=2048,
         final_stride=2, num_classes=num_classes, seed=seed, **options,

@@ -19,7 +19,6 @@ built when it is used, so every parameter receives a gradient.
 
 from __future__ import annotations
 
-import miniran.functional as F
 from miniran import nn
 
 
@@ -51,10 +50,12 @@ class PreActBottleneck(nn.Module):
             self.shortcut = None  # identity: no parameters are created
 
     def forward(self, x):
-        a = F.relu(self.bn1(x))
+        # bn(..., relu=True) is ReLU(BN(.)) as one function: the same numbers,
+        # computed in the same passes over memory on the GPU
+        a = self.bn1(x, relu=True)
         out = self.conv1(a)
-        out = self.conv2(F.relu(self.bn2(out)))
-        out = self.conv3(F.relu(self.bn3(out)))
+        out = self.conv2(self.bn2(out, relu=True))
+        out = self.conv3(self.bn3(out, relu=True))
         residual = x if self.shortcut is None else self.shortcut(a)
         return out + residual
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from miniran import functional as F
-from miniran.functional.conv import _pair
+from miniran.functional._args import _count, _pair
 from miniran.nn import init
 from miniran.nn.module import Module, Parameter
 
@@ -42,15 +42,15 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        if self.in_channels < 1 or self.out_channels < 1 or min(self.kernel_size) < 1:
-            raise ValueError(
-                f"Conv2d: in_channels, out_channels and kernel_size must be positive, got "
-                f"{in_channels}, {out_channels}, {kernel_size}"
-            )
+        self.in_channels = _count(in_channels, "Conv2d: in_channels")
+        self.out_channels = _count(out_channels, "Conv2d: out_channels")
+        self.kernel_size = _pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = _pair(stride, "Conv2d: stride")
+        self.padding = _pair(padding, "Conv2d: padding")
+        for name, pair, least in (("kernel_size", self.kernel_size, 1), ("stride", self.stride, 1),
+                                  ("padding", self.padding, 0)):
+            if min(pair) < least:
+                raise ValueError(f"Conv2d: {name} must be >= {least}, got {pair}")
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(init.kaiming_normal(shape, mode="fan_out", rng=rng))
         self.bias = Parameter(np.zeros(self.out_channels, dtype=self.weight.dtype)) if bias else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from miniran import functional as F
+from miniran.functional._args import _count
 from miniran.nn import init
 from miniran.nn.module import Module, Parameter
 
@@ -16,9 +17,11 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight = Parameter(init.uniform_fan_in((out_features, in_features), in_features, rng))
-        self.bias = Parameter(init.uniform_fan_in((out_features,), in_features, rng)) if bias else None
+        self.in_features = _count(in_features, "Linear: in_features")
+        self.out_features = _count(out_features, "Linear: out_features")
+        shape = (self.out_features, self.in_features)
+        self.weight = Parameter(init.uniform_fan_in(shape, self.in_features, rng))
+        self.bias = Parameter(init.uniform_fan_in((self.out_features,), self.in_features, rng)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)

@@ -10,12 +10,14 @@ follows from that ordered registry: ``parameters()``, ``named_parameters()``,
 from __future__ import annotations
 
 import os
-import tempfile
+import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 
 from miniran import backend
+from miniran._io import atomic_write
 from miniran.autograd import Tensor
 
 
@@ -188,7 +190,7 @@ class Module:
 
         Every shape is checked before anything is written, so a failed load
         leaves the module unchanged. With ``strict`` a missing or unexpected key
-        is an error; the message names the key.
+        is an error; the message names the first few keys and counts them all.
         """
         own = self.state_dict()
         missing = [k for k in own if k not in state]
@@ -196,9 +198,9 @@ class Module:
         if strict and (missing or unexpected):
             parts = []
             if missing:
-                parts.append(f"missing keys: {', '.join(missing)}")
+                parts.append(f"missing keys: {_first_few(missing)}")
             if unexpected:
-                parts.append(f"unexpected keys: {', '.join(unexpected)}")
+                parts.append(f"unexpected keys: {_first_few(unexpected)}")
             raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(parts))
         for key, target in own.items():
             if key in state and tuple(np.shape(state[key])) != tuple(target.shape):
@@ -279,33 +281,44 @@ class Sequential(Module):
 # --------------------------------------------------------------------------- files
 
 
+def _first_few(keys, n=4):
+    """'a, b, c, d and 408 more (412 in all)': a key list summarised for a one-line message."""
+    if len(keys) <= n:
+        return ", ".join(keys)
+    return f"{', '.join(keys[:n])} and {len(keys) - n} more ({len(keys)} in all)"
+
+
 def save_arrays(path, arrays: dict):
     """Write named NumPy arrays to ``path`` (.npz, no pickle) atomically.
 
     The data goes to a temporary file in the same folder, is flushed to disk,
-    and then renamed over ``path``: a crash never leaves a half-written file.
+    and then renamed over ``path`` (:func:`miniran._io.atomic_write`): a crash
+    never leaves a half-written file.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        # mkstemp makes the file private (0600); give it the mode the umask allows
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(f):
+        np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def load_arrays(path) -> dict:
-    """Read an .npz written by :func:`save_arrays` (object arrays are refused)."""
-    with np.load(os.fspath(path), allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    """Read an .npz written by :func:`save_arrays` (object arrays are refused).
+
+    A damaged file (truncated, corrupted, a single-array ``.npy``, not NumPy at
+    all) raises a ValueError that names it; a missing one, FileNotFoundError.
+    """
+    path = os.fspath(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (.npy), not named arrays (.npz)")
+        with loaded as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as exc:
+        reason = str(exc)
+        if "pickled" in reason:
+            reason = "it is not a NumPy .npz file"
+        raise ValueError(f"{path} is not a readable .npz file ({reason}): truncated or damaged?") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from miniran import functional as F
+from miniran.functional._args import _count
 from miniran.nn.module import Module, Parameter
 
 
@@ -19,7 +20,9 @@ class BatchNorm2d(Module):
     Args:
         num_features: C, the number of channels.
         eps: added to the variance before the square root.
-        momentum: weight of the new batch statistic in the running update.
+        momentum: weight of the new batch statistic in the running update, or
+            None for a cumulative average of every batch seen (PyTorch's meaning;
+            a ``num_batches_tracked`` buffer then counts them).
 
     Attributes:
         weight: gamma (C,), initialised to ones.
@@ -29,14 +32,22 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        self.num_features = int(num_features)
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.num_features = _count(num_features, "BatchNorm2d: num_features")
+        if not eps > 0:
+            raise ValueError(f"BatchNorm2d: eps must be > 0, got {eps}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None (cumulative average), got {momentum}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
         self.weight = Parameter(np.ones(self.num_features, dtype=np.float32))
         self.bias = Parameter(np.zeros(self.num_features, dtype=np.float32))
         self.register_buffer("running_mean", np.zeros(self.num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(self.num_features, dtype=np.float32))
+        if self.momentum is None:  # the cumulative average needs the count of batches seen
+            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True`` returns ``relu(bn(x))``, fused (:func:`miniran.functional.batch_norm_relu`)."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
@@ -44,10 +55,17 @@ class BatchNorm2d(Module):
                 f"BatchNorm2d: x has {x.shape[1]} channels (shape {tuple(x.shape)}) "
                 f"but num_features is {self.num_features}"
             )
-        return F.batch_norm(
-            x, self.weight, self.bias, self.running_mean, self.running_var,
-            training=self.training, momentum=self.momentum, eps=self.eps,
+        momentum = self.momentum
+        if momentum is None:  # PyTorch's momentum=None: running = average of every batch so far
+            if self.training:
+                self.num_batches_tracked = self.num_batches_tracked + 1
+            momentum = 1.0 / max(float(self.num_batches_tracked), 1.0)
+        fn = F.batch_norm_relu if relu else F.batch_norm
+        return fn(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            training=self.training, momentum=momentum, eps=self.eps,
         )
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+        momentum = "None" if self.momentum is None else f"{self.momentum:g}"
+        return f"{self.num_features}, eps={self.eps:g}, momentum={momentum}"

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from miniran import functional as F
+from miniran.functional._args import _pair
 from miniran.nn.module import Module
+
+
+def _check_pool_layer(cls, kernel_size, stride, padding):
+    """Refuse at construction what the forward pass would refuse (float sizes, stride 0, ...)."""
+    k = _pair(kernel_size, f"{cls}: kernel_size")
+    s = k if stride is None else _pair(stride, f"{cls}: stride")
+    p = _pair(padding, f"{cls}: padding")
+    for name, pair, least in (("kernel_size", k, 1), ("stride", s, 1), ("padding", p, 0)):
+        if min(pair) < least:
+            raise ValueError(f"{cls}: {name} must be >= {least}, got {pair}")
 
 
 class MaxPool2d(Module):
@@ -14,6 +25,7 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
+        _check_pool_layer("MaxPool2d", kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode = bool(ceil_mode)
 
@@ -33,6 +45,7 @@ class AvgPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__()
+        _check_pool_layer("AvgPool2d", kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
 

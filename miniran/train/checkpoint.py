@@ -11,7 +11,9 @@ Layout of the arrays in the file:
   configuration as JSON text.
 
 :func:`miniran.nn.save_arrays` writes to a temporary file, fsyncs it and renames
-it over the old checkpoint, so an interrupted write never leaves a broken file.
+it over the old checkpoint (:func:`miniran._io.atomic_write`), so an
+interrupted write never leaves a broken file. A damaged or foreign file given
+to :class:`Checkpoint` raises a ValueError that names it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def save_checkpoint(path, *, model, optimizer, schedule, loader, step, epoch, co
     save_arrays(path, arrays)
 
 
+#: entries every checkpoint must have (the state sections may be empty)
+REQUIRED = ("meta/config", "meta/step", "meta/epoch", "data/mean", "data/std")
+
+
 class Checkpoint:
     """A loaded checkpoint: ``config``, ``step``, ``epoch`` and the state sections."""
 
@@ -62,14 +68,24 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             arrays = load_arrays(path)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"checkpoint {path} is not a readable miniran checkpoint: {exc}") from exc
-        if "meta/config" not in arrays:
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {exc}") from exc
+        except OSError as exc:
+            raise ValueError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from exc
+        missing = [k for k in REQUIRED if k not in arrays]
+        if "meta/config" in missing:
             raise ValueError(f"{path} has no 'meta/config' entry: not a miniran training checkpoint")
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: damaged, or not written by miniran train")
         self.path = path
-        self.config = json.loads(str(arrays["meta/config"]))
-        self.step = int(arrays["meta/step"])
-        self.epoch = int(arrays["meta/epoch"])
+        try:
+            self.config = json.loads(str(arrays["meta/config"]))
+            self.step = int(arrays["meta/step"])
+            self.epoch = int(arrays["meta/epoch"])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"checkpoint {path}: unreadable 'meta' entries ({exc})") from exc
+        if not isinstance(self.config, dict):
+            raise ValueError(f"checkpoint {path}: 'meta/config' is not a JSON object of settings")
         self.model = _section(arrays, "model")
         self.optim = _section(arrays, "optim")
         self.schedule = {k: v.item() for k, v in _section(arrays, "schedule").items()}

@@ -42,6 +42,8 @@ def _add_train_options(p):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="output folder: metrics.jsonl, checkpoint.npz, curves.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an OUT folder that holds a run (its metrics and checkpoint are replaced)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -50,18 +52,28 @@ def _config_from_args(args) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _log(message):
+    """Progress to stdout, warnings to stderr."""
+    print(message, file=sys.stderr if message.startswith("warning:") else sys.stdout)
+
+
 def _run_training(args) -> int:
     from miniran.train.plot import plot_curves
     from miniran.train.trainer import train
 
     config = _config_from_args(args)
     try:
-        train(config, resume=args.resume, progress=args.progress)
+        train(config, resume=args.resume, progress=args.progress, force=getattr(args, "force", False),
+              log=_log)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with the same --out and --resume ({config.out})", file=sys.stderr)
+        if os.path.exists(os.path.join(config.out, "checkpoint.npz")):
+            print(f"\ninterrupted; resume with the same --out and --resume ({config.out})", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first epoch ended: nothing was saved in {config.out}; "
+                  "run the same command again to start over", file=sys.stderr)
         return 130
     curves = plot_curves(config.out)
     print(f"learning curves: {curves}")
@@ -78,7 +90,7 @@ def _cmd_demo(args) -> int:
     parser = argparse.ArgumentParser()
     _add_train_options(parser)
     demo_args = parser.parse_args(DEMO_ARGS + (["--no-progress"] if not args.progress else []))
-    demo_args.resume = False
+    demo_args.resume, demo_args.force = False, args.force
     print("miniran demo: Attention-56 on 2,000 real CIFAR-10 images shipped with the package "
           "(3 epochs, a few minutes on a laptop CPU)")
     print("equivalent command: miniran train " + " ".join(DEMO_ARGS))
@@ -93,12 +105,16 @@ def _cmd_eval(args) -> int:
     from miniran.train.trainer import TrainConfig, build_model, evaluate
 
     ckpt = Checkpoint(args.checkpoint)
-    config = TrainConfig(**ckpt.config)
+    config = TrainConfig.from_dict(ckpt.config, source=f"the configuration in {args.checkpoint}").validate()
     dataset = args.dataset or config.dataset
     images, labels = data.load_dataset(dataset, args.data_dir or config.data_dir, train=False)
     k = data.num_classes(dataset)
     model = build_model(config, k)
-    model.load_state_dict(ckpt.model)
+    try:
+        model.load_state_dict(ckpt.model)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{args.checkpoint}: the weights do not fit its {config.model} configuration "
+                         f"({exc.args[0]})") from exc
     if args.device == "gpu":
         model.to("gpu")
     result = evaluate(model, images, labels, ckpt.mean, ckpt.std, batch_size=500, device=args.device, num_classes=k)
@@ -135,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plot)
     p = sub.add_parser("demo", help="train Attention-56 on the embedded CIFAR-10 sample for a few minutes")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--force", action="store_true", help="run again over an earlier demo in runs/demo")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -143,7 +160,9 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        # bad options, missing data or checkpoints: one clear line, no traceback
-        print(f"miniran {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        # bad options, missing data or checkpoints, files that cannot be written:
+        # one clear line, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"miniran {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
+
+from miniran.train import metrics
 
 
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it the --out folder of a training run?")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = metrics.read_metrics(path)  # a torn last line is skipped with a warning
     if not rows:
         raise ValueError(f"{path} is empty: no epoch has finished yet")
     return rows

@@ -15,7 +15,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -27,6 +26,7 @@ import miniran.functional as F
 from miniran import backend, data, models, optim
 from miniran.autograd import Tensor, no_grad
 from miniran.train.checkpoint import Checkpoint, save_checkpoint
+from miniran.train.metrics import append_metrics, read_metrics, write_metrics
 
 PAPER_STEPS = 160_000
 
@@ -72,14 +72,38 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "weight_decay", "momentum", "label_noise"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.schedule not in ("paper", "cosine"):
             raise ValueError(f"--schedule must be 'paper' or 'cosine', got {self.schedule!r}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"--label-noise is the fraction of corrupted labels, in [0, 1), got {self.label_noise}")
         backend.normalize_device(self.device)
         return self
+
+    @classmethod
+    def from_dict(cls, values, source="the configuration"):
+        """A TrainConfig from a dict (a checkpoint's ``meta/config``), every key and type checked."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source} is not a JSON object of settings (got {type(values).__name__})")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"{source} has unknown setting(s) {', '.join(unknown)}: not written by this miniran")
+        kinds = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "None": (type(None),)}
+        for key, value in values.items():
+            allowed = sum((kinds[part.strip()] for part in fields[key].type.split("|")), ())
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise ValueError(f"{source}: setting {key!r} should be {fields[key].type}, got {value!r}")
+        return cls(**values)
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,20 +139,23 @@ def load_data(config: TrainConfig):
 def evaluate(model, images, labels, mean, std, batch_size=500, device="cpu", num_classes=10):
     """Loss, accuracy and per-class accuracy of ``model`` on uint8 images (evaluation mode)."""
     loader = data.DataLoader(images, labels, batch_size=batch_size, shuffle=False, augment=False,
-                             mean=mean, std=std, device=device)
+                             mean=mean, std=std, device=device, num_classes=num_classes)
     was_training = model.training
     model.eval()
     xp = np if backend.normalize_device(device) == "cpu" else backend.cupy_module()
-    loss_sum = 0.0
+    # Everything is counted on the device and read once at the end: a boolean
+    # mask or bincount per batch would make the host wait for the GPU each time.
+    classes = xp.arange(num_classes)
+    loss_sum = xp.zeros((), dtype=np.float64)
     correct = xp.zeros(num_classes, dtype=np.int64)
     total = xp.zeros(num_classes, dtype=np.int64)
     with no_grad():
         for x, y in loader:
             logits = model(Tensor(x))
-            loss_sum = loss_sum + F.cross_entropy(logits, y).data * len(y)
-            pred = logits.data.argmax(axis=1)
-            correct += xp.bincount(y[pred == y], minlength=num_classes)
-            total += xp.bincount(y, minlength=num_classes)
+            loss_sum += F.cross_entropy(logits, y).data * len(y)
+            one_hot = y[:, None] == classes  # (B, K)
+            total += one_hot.sum(axis=0)
+            correct += (one_hot & (logits.data.argmax(axis=1) == y)[:, None]).sum(axis=0)
     model.train(was_training)
     correct, total = backend.to_numpy(correct), backend.to_numpy(total)
     n = int(total.sum())
@@ -136,77 +163,120 @@ def evaluate(model, images, labels, mean, std, batch_size=500, device="cpu", num
     return {"loss": float(loss_sum) / n, "acc": float(correct.sum()) / n, "per_class": per_class.tolist(), "count": n}
 
 
-def _read_metrics(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+class OutputError(OSError):
+    """Writing the run's files failed (full disk, read-only folder); what was on disk before is intact."""
 
 
-def _write_metrics(path, rows):
-    """Rewrite the metrics file atomically (used on resume to drop unfinished epochs)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+#: options that may change on ``--resume``; every other one comes from the checkpoint
+RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps")
+RUN_FILES = ("metrics.jsonl", "checkpoint.npz")
 
 
-def _append_metrics(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _flag(name):
+    return "--" + name.replace("_", "-")
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=print, on_step=None):
-    """Run (or resume) a training run; returns the list of per-epoch metrics.
+def _resume_config(config: TrainConfig, ckpt: Checkpoint, log) -> TrainConfig:
+    """The saved run's configuration, with the options that may change on resume taken from ``config``."""
+    saved = TrainConfig.from_dict(ckpt.config, source=f"the configuration in {ckpt.path}")
+    defaults = TrainConfig()
+    ignored = [f"{_flag(f.name)} {getattr(config, f.name)} (the run keeps {getattr(saved, f.name)})"
+               for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUME_OPTIONS
+               and getattr(config, f.name) != getattr(defaults, f.name)
+               and getattr(config, f.name) != getattr(saved, f.name)]
+    if ignored:
+        log(f"warning: --resume continues the saved run with its own settings; ignored: {', '.join(ignored)}. "
+            f"Only {', '.join(_flag(k) for k in RESUME_OPTIONS)} are honoured")
+    changes = {k: getattr(config, k) for k in RESUME_OPTIONS if getattr(config, k) is not None}
+    if "epochs" in changes and "max_steps" not in changes:
+        changes["max_steps"] = None  # --epochs given now replaces the saved --max-steps
+    return dataclasses.replace(saved, **changes)
 
-    Args:
-        config: the run's options (ignored when resuming, except ``out``,
-            ``device``, ``data_dir``, ``epochs`` and ``max_steps``, which may change).
-        resume: continue from ``config.out/checkpoint.npz``.
-        progress: show a tqdm progress bar.
-        log: where one-line messages go.
-        on_step: optional ``callback(step)`` after every optimiser step (tests
-            use it to interrupt a run).
 
-    Raises:
-        TrainingDiverged: when the loss becomes NaN or infinite.
+def _check_out_folder(out: str, resume: bool, force: bool) -> list:
+    """Refuse an --out that cannot hold the run, or that holds one and would be overwritten.
+
+    Returns the files of an earlier run that ``force`` allows to replace.
     """
+    existing = out
+    while not os.path.exists(existing) and os.path.dirname(os.path.abspath(existing)) != os.path.abspath(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == out else f"is under {existing}, which is a file"
+        raise ValueError(f"--out {out} {where}, not a folder: choose a folder for the run's files")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {out}: the folder {existing} is not writable; nothing was written")
+    if resume:
+        return []
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if found and not force:
+        raise ValueError(
+            f"--out {out} already holds a run ({', '.join(found)}), left unchanged: continue it with "
+            f"--resume, start it over with --force (its files are replaced), or choose a new --out folder")
+    return [os.path.join(out, name) for name in found]
+
+
+@dataclass
+class _Run:
+    """Everything a training run needs, built by :func:`_set_up`."""
+
+    config: TrainConfig
+    device: str
+    out: str
+    ckpt_path: str
+    metrics_path: str
+    x_test: object
+    y_test: object
+    num_classes: int
+    loader: object
+    model: object
+    optimizer: object
+    schedule: object
+    total_steps: int
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    saved_step: int | None = None  # step of the checkpoint on disk (None: none from this run)
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.loader)
+
+    @property
+    def total_epochs(self):
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
+    """Step 1: the configuration, the output folder, the data, the model, the optimiser, the schedule."""
+    if resume and force:
+        raise ValueError("--resume continues the run in --out and --force starts it over: give only one of them")
     out = config.out
     ckpt_path = os.path.join(out, "checkpoint.npz")
     metrics_path = os.path.join(out, "metrics.jsonl")
     ckpt = None
     if resume:
         ckpt = Checkpoint(ckpt_path)
-        saved = dict(ckpt.config)
-        for key in ("out", "device", "data_dir", "epochs", "max_steps"):
-            if getattr(config, key) is not None:
-                saved[key] = getattr(config, key)
-        config = TrainConfig(**saved)
+        config = _resume_config(config, ckpt, log)
     config.validate()
+    replaced = _check_out_folder(out, resume, force)
     device = backend.normalize_device(config.device)
     if device == "gpu":
         backend.check_cuda_available()
-    os.makedirs(out, exist_ok=True)
 
     x_train, y_train, x_test, y_test = load_data(config)
     k = data.num_classes(config.dataset)
     loader = data.DataLoader(x_train, y_train, batch_size=config.batch_size, shuffle=True,
                              augment=config.augment, normalize=config.normalize, seed=config.seed,
+                             num_classes=data.num_classes(config.dataset),
                              device=device, mean=None if ckpt is None else ckpt.mean,
                              std=None if ckpt is None else ckpt.std)
-    steps_per_epoch = len(loader)
     if config.max_steps is not None:
         total_steps = config.max_steps
     elif config.epochs is not None:
-        total_steps = config.epochs * steps_per_epoch
+        total_steps = config.epochs * len(loader)
     else:
         total_steps = PAPER_STEPS
-    total_epochs = math.ceil(total_steps / steps_per_epoch)
 
     model = build_model(config, k)
     if device == "gpu":
@@ -217,101 +287,183 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
         schedule = optim.paper_schedule(opt, total_steps)
     else:
         schedule = optim.CosineLR(opt, total_steps)
+    run = _Run(config, device, out, ckpt_path, metrics_path, x_test, y_test, k, loader, model, opt, schedule,
+               total_steps)
 
-    step, history = 0, []
     if ckpt is not None:
-        model.load_state_dict(ckpt.model)
-        opt.load_state_dict(ckpt.optim)
-        schedule.load_state_dict(ckpt.schedule)
-        loader.load_state_dict(ckpt.loader)
-        step = ckpt.step
-        # keep the lines of finished epochs only (a crash may have left one more)
-        history = [r for r in _read_metrics(metrics_path) if r["step"] <= step]
-        _write_metrics(metrics_path, history)
-        log(f"resumed from {ckpt_path} at step {step} (epoch {loader.epoch})")
-    elif os.path.exists(metrics_path):
-        os.unlink(metrics_path)  # a new run in an old folder starts a new log
-
-    config_dict = dataclasses.asdict(config)
-    log(f"training {config.model} on {config.dataset}: {len(y_train)} images, {steps_per_epoch} steps/epoch, "
+        _restore(run, ckpt, log)
+    else:
+        try:
+            os.makedirs(out, exist_ok=True)
+            for path in replaced:  # --force, and every check above passed: only now is the old run removed
+                os.unlink(path)
+                log(f"--force: removed {path} of the earlier run")
+        except OSError as exc:
+            raise OutputError(f"cannot prepare --out {out}: {exc.strerror or exc}") from exc
+    log(f"training {config.model} on {config.dataset}: {len(y_train)} images, {run.steps_per_epoch} steps/epoch, "
         f"{total_steps} steps, device {device}, output {out}")
-    xp = np if device == "cpu" else backend.cupy_module()
-    sync_every = 1 if device == "cpu" else 25  # a float() on the GPU waits for it: do it rarely
+    return run
 
+
+def _restore(run: _Run, ckpt: Checkpoint, log) -> None:
+    """Step 1b (--resume): the model, optimiser, schedule, loader and metrics as the checkpoint left them."""
+    if ckpt.step >= run.total_steps:
+        config = run.config
+        length = f"--max-steps {config.max_steps}" if config.max_steps is not None else f"--epochs {config.epochs}"
+        raise ValueError(f"{run.ckpt_path} is already at step {ckpt.step} and {length} means {run.total_steps} "
+                         f"steps: nothing to train; give a larger --epochs or --max-steps to continue")
+    try:
+        run.model.load_state_dict(ckpt.model)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{run.ckpt_path}: the weights do not fit its {run.config.model} configuration "
+                         f"({exc.args[0]})") from exc
+    run.optimizer.load_state_dict(ckpt.optim)
+    run.schedule.load_state_dict(ckpt.schedule)
+    run.loader.load_state_dict(ckpt.loader)
+    run.step = run.saved_step = ckpt.step
+    # keep the lines of finished epochs only (a crash may have left one more, or half of one)
+    run.history = [r for r in read_metrics(run.metrics_path, warn=log) if r["step"] <= ckpt.step]
+    _write_or_explain(run, write_metrics, run.metrics_path, run.history)
+    log(f"resumed from {run.ckpt_path} at step {ckpt.step} (epoch {run.loader.epoch})")
+
+
+def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
+    """Step 2: one pass over the loader (or up to the last step); returns the epoch's training statistics."""
+    model, opt, schedule, loader = run.model, run.optimizer, run.schedule, run.loader
+    xp = np if run.device == "cpu" else backend.cupy_module()
+    sync_every = 1 if run.device == "cpu" else 25  # a float() on the GPU waits for it: do it rarely
+    model.train()
+    loss_sum = xp.zeros((), dtype=np.float64)
+    correct = xp.zeros((), dtype=np.int64)
+    seen = 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        logits = model(Tensor(x))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        run.step += 1
+        loss_sum += loss.data * len(y)
+        correct += (logits.data.argmax(axis=1) == y).sum()
+        seen += len(y)
+        if run.step % sync_every == 0 or run.step == run.total_steps or loader.position == run.steps_per_epoch:
+            running_loss = float(loss_sum) / seen
+            if not math.isfinite(running_loss):
+                raise TrainingDiverged(
+                    f"the training loss became {running_loss} at step {run.step} (epoch {epoch}); "
+                    f"stopping. {_kept(run)} Try a lower --lr."
+                )
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(epoch=epoch, loss=f"{running_loss:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                lr=f"{opt.lr:.4g}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+        if bar is not None:
+            bar.update(1)
+        if on_step is not None:
+            on_step(run.step)
+        if run.step >= run.total_steps:
+            break
+    train_seconds = time.perf_counter() - t0
+    return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1),
+            "seen": seen, "train_seconds": train_seconds, "t0": t0}
+
+
+def _evaluate_epoch(run: _Run, epoch: int, stats) -> dict:
+    """Step 3: evaluate on the test set; returns the epoch's metrics row."""
+    test = evaluate(run.model, run.x_test, run.y_test, run.loader.mean, run.loader.std,
+                    run.config.eval_batch_size, run.device, run.num_classes)
+    row = {
+        "epoch": epoch,
+        "step": run.step,
+        "train_loss": stats["train_loss"],
+        "train_acc": stats["train_acc"],
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "lr": run.optimizer.lr,
+        "seconds": round(time.perf_counter() - stats["t0"], 3),
+        "train_seconds": round(stats["train_seconds"], 3),
+        "images_per_second": round(stats["seen"] / max(stats["train_seconds"], 1e-9), 2),
+        "test_images": test["count"],
+    }
+    if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
+        raise TrainingDiverged(
+            f"the loss became non-finite in epoch {epoch} (train {row['train_loss']}, test "
+            f"{row['test_loss']}); stopping. {_kept(run)} Try a lower --lr."
+        )
+    return row
+
+
+def _kept(run: _Run) -> str:
+    """What is safe on disk, for error messages."""
+    if run.saved_step is None:
+        return "No checkpoint was saved yet; any earlier files are unchanged."
+    return f"The last good checkpoint ({run.ckpt_path}, step {run.saved_step}) was kept."
+
+
+def _write_or_explain(run: _Run, write, path, *args):
+    try:
+        write(path, *args)
+    except OSError as exc:
+        raise OutputError(f"could not write {path}: {exc.strerror or exc}. Earlier data is safe: "
+                          f"{_kept(run)} Free some space (or fix the folder) and continue with --resume") from exc
+
+
+def _save_epoch(run: _Run, row: dict) -> None:
+    """Step 4: the metrics line first, then the checkpoint (atomic), so a crash between them redoes the epoch."""
+    if run.history and run.history[-1]["epoch"] == row["epoch"]:
+        # the end of an epoch stopped half way by --max-steps: its row is replaced, not repeated
+        run.history[-1] = row
+        _write_or_explain(run, write_metrics, run.metrics_path, run.history)
+    else:
+        run.history.append(row)
+        _write_or_explain(run, append_metrics, run.metrics_path, row)
+    _write_or_explain(run, lambda path: save_checkpoint(
+        path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader, step=run.step,
+        epoch=row["epoch"], config=dataclasses.asdict(run.config), mean=run.loader.mean, std=run.loader.std),
+        run.ckpt_path)
+    run.saved_step = run.step
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=print, on_step=None,
+          force: bool = False):
+    """Run (or resume) a training run; returns the list of per-epoch metrics.
+
+    Args:
+        config: the run's options (ignored when resuming, except ``out``,
+            ``device``, ``data_dir``, ``epochs`` and ``max_steps``, which may
+            change; the others are reported as ignored through ``log``).
+        resume: continue from ``config.out/checkpoint.npz``.
+        progress: show a tqdm progress bar.
+        log: where one-line messages go.
+        on_step: optional ``callback(step)`` after every optimiser step (tests
+            use it to interrupt a run).
+        force: start a new run even if ``config.out`` holds one (its
+            ``metrics.jsonl`` and ``checkpoint.npz`` are removed); without it
+            such a folder is refused with a ValueError.
+
+    Raises:
+        TrainingDiverged: when the loss becomes NaN or infinite.
+        OutputError: when the run's files cannot be written (the earlier ones are intact).
+        ValueError: bad options, an --out folder that cannot be used, a damaged checkpoint.
+    """
+    run = _set_up(config, resume, force, log)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-
-    last_good = step
+        bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True)
     try:
-        while step < total_steps:
+        while run.step < run.total_steps:
             # the loader counts finished epochs; a run stopped right at an epoch's
             # end (by --max-steps) has a loader still positioned after its last batch
-            epoch = loader.epoch + (1 if loader.position < steps_per_epoch else 2)
-            model.train()
-            loss_sum = xp.zeros((), dtype=np.float64)
-            correct = xp.zeros((), dtype=np.int64)
-            seen = 0
-            t0 = time.perf_counter()
-            for x, y in loader:
-                logits = model(Tensor(x))
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                schedule.step()
-                step += 1
-                loss_sum += loss.data * len(y)
-                correct += (logits.data.argmax(axis=1) == y).sum()
-                seen += len(y)
-                if step % sync_every == 0 or step == total_steps or loader.position == steps_per_epoch:
-                    running_loss = float(loss_sum) / seen
-                    if not math.isfinite(running_loss):
-                        raise TrainingDiverged(
-                            f"the training loss became {running_loss} at step {step} (epoch {epoch}); "
-                            f"stopping. The last good checkpoint ({ckpt_path}, step {last_good}) was kept. "
-                            f"Try a lower --lr."
-                        )
-                    if bar is not None:
-                        elapsed = time.perf_counter() - t0
-                        bar.set_postfix(epoch=epoch, loss=f"{running_loss:.3f}", acc=f"{int(correct) / seen:.3f}",
-                                        lr=f"{opt.lr:.4g}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
-                if bar is not None:
-                    bar.update(1)
-                if on_step is not None:
-                    on_step(step)
-                if step >= total_steps:
-                    break
-            train_seconds = time.perf_counter() - t0
-            test = evaluate(model, x_test, y_test, loader.mean, loader.std, config.eval_batch_size, device, k)
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "train_acc": int(correct) / max(seen, 1),
-                "test_loss": test["loss"],
-                "test_acc": test["acc"],
-                "lr": opt.lr,
-                "seconds": round(time.perf_counter() - t0, 3),
-                "train_seconds": round(train_seconds, 3),
-                "images_per_second": round(seen / max(train_seconds, 1e-9), 2),
-                "test_images": test["count"],
-            }
-            if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
-                raise TrainingDiverged(
-                    f"the loss became non-finite in epoch {epoch} (train {row['train_loss']}, test "
-                    f"{row['test_loss']}); stopping. The last good checkpoint ({ckpt_path}, step {last_good}) "
-                    f"was kept. Try a lower --lr."
-                )
-            history.append(row)
-            # metrics first: if we die before the checkpoint, resume drops this line and redoes the epoch
-            _append_metrics(metrics_path, row)
-            save_checkpoint(ckpt_path, model=model, optimizer=opt, schedule=schedule, loader=loader,
-                            step=step, epoch=epoch, config=config_dict, mean=loader.mean, std=loader.std)
-            last_good = step
-            message = (f"epoch {epoch}/{total_epochs}  step {step}  train loss {row['train_loss']:.4f} "
+            loader = run.loader
+            epoch = loader.epoch + (1 if loader.position < run.steps_per_epoch else 2)
+            stats = _train_one_epoch(run, epoch, bar, on_step)
+            row = _evaluate_epoch(run, epoch, stats)
+            _save_epoch(run, row)
+            message = (f"epoch {epoch}/{run.total_epochs}  step {run.step}  train loss {row['train_loss']:.4f} "
                        f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                        f"lr {row['lr']:.4g}  {row['images_per_second']:.1f} img/s")
             if bar is not None:
@@ -321,4 +473,4 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
     finally:
         if bar is not None:
             bar.close()
-    return history
+    return run.history

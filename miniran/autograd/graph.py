@@ -1,0 +1,125 @@
+"""The backward pass: one walk of the recorded graph from any number of roots.
+
+:func:`backward` is the whole reverse-mode algorithm, kept apart from the
+:class:`~miniran.autograd.tensor.Tensor` class so it can be read on its own
+(``Tensor.backward`` is a short wrapper around it, and
+:func:`~miniran.autograd.gradcheck.gradcheck` calls it with several outputs).
+
+* Every :class:`~miniran.autograd.tensor.Function` call recorded a
+  *generation*, one above its newest input. The walk pops functions from a
+  heap keyed on generation, newest first, so a function runs once, after all
+  the gradients flowing into it have been summed, and a chain of any length
+  works (no recursion).
+* Gradients of non-leaf tensors live in a dict during the walk; leaves
+  accumulate theirs into ``.grad``; non-leaves keep theirs only if
+  ``retain_grad()`` was called.
+* Unless ``retain_graph=True``, each function drops its inputs and saved
+  arrays as soon as its backward has run, which frees the graph's memory.
+
+Like Chainer's ``_backprop`` it takes several roots at once: the gradient of
+``sum_i <grads[i], roots[i]>`` in one walk, without building that sum. This
+module imports only :mod:`miniran.backend`: tensors and functions are used
+through their attributes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from miniran import backend
+
+__all__ = ["backward"]
+
+
+def backward(roots, grads, retain_graph: bool = False) -> None:
+    """Propagate ``grads[i]`` (raw arrays, shaped like ``roots[i]``) back from every root.
+
+    The roots must require grad; the caller checks shapes and dtypes (see
+    ``Tensor.backward``). Gradients *accumulate* into the leaves' ``.grad``.
+    """
+    # gradients of non-leaf tensors, keyed by id; the tensor is kept with its
+    # gradient so freeing a consumer cannot drop it
+    pending = {}
+    heap = []
+    seen = set()
+    counter = itertools.count()  # tie-breaker: heapq never compares functions
+
+    def push(func):
+        if id(func) not in seen:
+            seen.add(id(func))
+            heapq.heappush(heap, (-func.generation, next(counter), func))
+
+    for root, grad in zip(roots, grads):
+        if root.creator is None:
+            root._accumulate(grad)
+            continue
+        prev = pending.get(id(root))
+        pending[id(root)] = (root, grad if prev is None else prev[1] + grad)
+        push(root.creator)
+
+    while heap:
+        _, _, func = heapq.heappop(heap)
+        outputs = [ref() for ref in func.outputs]
+        gys = []
+        for out in outputs:
+            g = None if out is None else pending.pop(id(out), (None, None))[1]
+            if g is not None and out._retain_grad:
+                out.grad = g if out.grad is None else out.grad + g
+            gys.append(g)
+        if all(g is None for g in gys):
+            continue
+        if func.inputs is None:
+            raise RuntimeError(
+                "backward through a graph that was already freed; "
+                "pass retain_graph=True to the first backward call"
+            )
+        xp = backend.get_array_module(*[g for g in gys if g is not None])
+        gys = [
+            g if g is not None else xp.zeros(meta.shape, dtype=meta.dtype)
+            for g, meta in zip(gys, func._output_meta)
+        ]
+        gxs = func.backward(*gys)
+        if not isinstance(gxs, tuple):
+            gxs = (gxs,)
+        if len(gxs) != len(func.inputs):
+            raise RuntimeError(
+                f"{type(func).__name__}.backward returned {len(gxs)} gradients "
+                f"for {len(func.inputs)} inputs"
+            )
+        handed_out = []  # the gradients this function has given to earlier inputs
+        for x, gx in zip(func.inputs, gxs):
+            if gx is None or not x.requires_grad:
+                continue
+            if gx.shape != x.shape:
+                raise RuntimeError(
+                    f"{type(func).__name__}.backward returned a gradient of shape "
+                    f"{gx.shape} for an input of shape {x.shape}"
+                )
+            if x.creator is None:
+                # a leaf keeps the array itself unless it shares memory with an
+                # upstream gradient or with what another input received
+                x._accumulate(gx, owned=not _shares_memory(gx, gys + handed_out))
+                handed_out.append(gx)
+            else:
+                prev = pending.get(id(x))
+                # never add in place: gx may alias an array the function still uses
+                pending[id(x)] = (x, gx if prev is None else prev[1] + gx)
+                push(x.creator)
+        if not retain_graph:
+            func.release()
+
+
+def _shares_memory(a, arrays) -> bool:
+    """Whether ``a`` is, or is a view of (or shares a base with), one of ``arrays``.
+
+    Cheap identity checks on ``.base`` (NumPy and CuPy point a view's ``base``
+    at the array that owns the memory), never a look at the data.
+    """
+    base = a.base if a.base is not None else a
+    for b in arrays:
+        if b is None:
+            continue
+        if a is b or base is b or base is (b.base if b.base is not None else b):
+            return True
+    return False

@@ -1,0 +1,106 @@
+"""The import rule of the package: each layer imports only from the layers below it.
+
+    backend, _io -> autograd -> functional -> nn -> models -> optim | data -> train, viz
+
+(``optim`` and ``data`` share a level and do not import each other.) The test
+reads every module's imports from its syntax tree, so an import inside a
+function counts too: a lazy import is still a dependency.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import miniran
+
+PACKAGE = Path(miniran.__file__).parent
+LEVELS = [("backend", "_io"), ("autograd",), ("functional",), ("nn",), ("models",), ("optim", "data"),
+          ("train", "viz")]
+LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
+
+
+def layer_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
+def miniran_imports(path: Path):
+    """(line, 'miniran.x.y') for every import of a miniran module in the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: relative import; miniran uses absolute imports"
+            if node.module == "miniran":
+                for alias in node.names:
+                    yield node.lineno, f"miniran.{alias.name}"
+            elif node.module:
+                yield node.lineno, node.module
+
+
+def test_every_module_belongs_to_a_layer():
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent == PACKAGE and path.stem in ("__init__", "__main__"):
+            continue
+        assert layer_of(path) in LEVEL, f"{path.relative_to(PACKAGE)} is in no layer: add it to LEVELS and docs"
+
+
+def test_each_layer_imports_only_the_layers_below():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent == PACKAGE and path.stem in ("__init__", "__main__"):
+            continue  # the package's front door imports its layers
+        own = layer_of(path)
+        for line, name in miniran_imports(path):
+            parts = name.split(".")
+            if parts[0] != "miniran":
+                continue
+            if len(parts) == 1:
+                bad.append(f"{path.relative_to(PACKAGE)}:{line} imports the whole package")
+                continue
+            target = parts[1]
+            if target == own:
+                continue
+            if LEVEL.get(target, len(LEVELS)) >= LEVEL[own]:
+                bad.append(f"{path.relative_to(PACKAGE)}:{line} ({own}) imports {name}")
+    assert not bad, "imports against the layer rule:\n" + "\n".join(bad)
+
+
+def test_the_lowest_layers_import_nothing_from_miniran():
+    for name in ("backend", "_io"):
+        path = PACKAGE / f"{name}.py"
+        assert [n for _, n in miniran_imports(path) if n.startswith("miniran")] == [], name
+
+
+def test_autograd_alone_has_no_import_cycle():
+    """Importing autograd loads nothing above it (functional, nn, ...) by itself."""
+    import subprocess
+
+    code = ("import sys, importlib.util; sys.modules['miniran'] = type(sys)('miniran'); "
+            f"sys.modules['miniran'].__path__ = [{str(PACKAGE)!r}]; "
+            "import miniran.autograd; "
+            "print(sorted(m for m in sys.modules if m.startswith('miniran.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = {m.split(".")[1] for m in eval(out)}
+    assert loaded <= {"autograd", "backend", "_io"}, loaded
+
+
+def test_functions_and_modules_do_not_share_class_names():
+    import inspect
+
+    from miniran import functional, models, nn
+    from miniran.autograd import Function
+
+    def classes(package, base):
+        found = set()
+        for mod in list(sys.modules.values()):
+            if getattr(mod, "__name__", "").startswith(package.__name__):
+                found |= {c.__name__ for _, c in inspect.getmembers(mod, inspect.isclass)
+                          if issubclass(c, base) and c.__module__.startswith(package.__name__)}
+        return found
+
+    functions = classes(functional, Function)
+    modules = classes(nn, nn.Module) | classes(models, nn.Module)
+    assert functions and modules and not functions & modules, functions & modules

@@ -1,0 +1,236 @@
+"""The pretrained Attention-56: export from a run, the loader, its errors, and the shipped file.
+
+* ``tools/export_pretrained.py`` on a one-step run: float16 parameters, float32
+  batch-norm statistics, no pickle, a complete json, and a loader that gives
+  back the exported network in evaluation mode with float32 weights.
+* ``attention56(pretrained=True)`` / ``load_pretrained``: one clear error for a
+  missing file and for arguments the shipped weights cannot satisfy.
+* The shipped file (skipped, with the reason, when this copy has none): its
+  accuracy on the 1,000 embedded test images is at least the threshold its
+  json records.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import miniran
+from miniran import data, models
+from miniran.models import pretrained as pt
+from miniran.nn import load_arrays, save_arrays
+from miniran.train.trainer import TrainConfig, evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("export_pretrained", ROOT / "tools" / "export_pretrained.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(dataset="cifar10-sample", subset=20, test_subset=10, batch_size=10, max_steps=1,
+                         schedule="cosine", out=str(out))
+    train(config, progress=False, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("pretrained")
+    npz, js = _tool().export(tiny_run, out_dir=out_dir, sample_images=20, log=lambda *a: None)
+    return tiny_run, npz, js
+
+
+def test_export_writes_half_weights_and_float32_statistics(exported):
+    _, npz, _ = exported
+    assert npz.name == "attention56_cifar10.npz"
+    with np.load(npz, allow_pickle=False) as f:  # no object arrays anywhere
+        arrays = {k: f[k] for k in f.files}
+    weights = {k: v for k, v in arrays.items() if k.startswith("model/")}
+    stats = {k: v for k, v in weights.items() if k.endswith(("running_mean", "running_var"))}
+    params = {k: v for k, v in weights.items() if k not in stats}
+    assert stats and params
+    assert {v.dtype for v in stats.values()} == {np.dtype(np.float32)}
+    assert {v.dtype for v in params.values()} == {np.dtype(np.float16)}
+    assert str(arrays["meta/weights_dtype"]) == "float16"
+    assert str(arrays["meta/model"]) == "attention56" and int(arrays["meta/num_classes"]) == 10
+    assert arrays["data/mean"].shape == (3, 32, 32) and arrays["data/mean"].dtype == np.float32
+    assert json.loads(str(arrays["meta/config"]))["max_steps"] == 1
+
+
+def test_export_json_records_the_run(exported):
+    run, npz, js = exported
+    meta = json.loads(js.read_text())
+    for key in ("command", "metrics", "accuracy", "epochs", "steps", "miniran_version", "machine",
+                "exported", "trained_until", "test_accuracy_float32", "test_accuracy_float16",
+                "sample_accuracy_threshold", "weights_dtype"):
+        assert key in meta, key
+    assert meta["command"].startswith("miniran train --model attention56 --dataset cifar10-sample")
+    assert "--max-steps 1" in meta["command"] and "--subset 20" in meta["command"]
+    assert meta["epochs"] == 1 and meta["steps"] == 1
+    assert meta["metrics"] == [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert meta["miniran_version"] == miniran.__version__
+    sample = meta["accuracy"]["embedded_sample"]
+    assert sample["float32"]["images"] == 20 and 0 <= sample["float16_round_trip"]["accuracy"] <= 1
+    assert meta["sample_accuracy_threshold"] == pytest.approx(meta["sample_accuracy"] - 0.01, abs=1e-4)
+    assert meta["file_bytes"] == npz.stat().st_size
+
+
+def test_loader_gives_back_the_exported_network(exported):
+    run, npz, _ = exported
+    from miniran.train.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(run / "checkpoint.npz")
+    net = models.load_pretrained(path=npz)
+    assert not net.training and all(not m.training for m in net.modules())
+    state = net.state_dict()
+    assert {v.dtype for v in state.values()} == {np.dtype(np.float32)}
+    for key, value in ckpt.model.items():
+        if key.endswith(("running_mean", "running_var")):
+            np.testing.assert_array_equal(state[key], value)
+        else:  # float16 rounding: relative error below 2^-11
+            np.testing.assert_allclose(state[key], value.astype(np.float16).astype(np.float32), rtol=0, atol=0)
+    info = net.pretrained_info
+    np.testing.assert_array_equal(info["mean"], ckpt.mean)
+    assert info["classes"] == list(data.CIFAR10_CLASSES) and info["weights_dtype"] == "float16"
+    # the same predictions as the checkpoint's float32 network, up to float16 rounding
+    x, y = data.load_cifar10_sample(train=False)
+    ref = models.attention56(seed=0)
+    ref.load_state_dict(ckpt.model)
+    a = evaluate(net, x[:20], y[:20], ckpt.mean, ckpt.std)
+    b = evaluate(ref, x[:20], y[:20], ckpt.mean, ckpt.std)
+    assert abs(a["loss"] - b["loss"]) < 1e-2
+
+
+def test_command_from_config():
+    tool = _tool()
+    config = {**TrainConfig().__dict__, "nal": True, "augment": False, "epochs": 5, "weight_decay": 5e-4}
+    cmd = tool.command_from_config(config)
+    assert cmd.startswith("miniran train --model attention56 --dataset cifar10 --epochs 5")
+    assert "--nal" in cmd and "--no-augment" in cmd and "--weight-decay 0.0005" in cmd
+    assert "--mask-bn" not in cmd and "--label-noise" not in cmd
+
+
+def test_export_refuses_another_network(tiny_run, tmp_path):
+    arrays = load_arrays(tiny_run / "checkpoint.npz")
+    config = json.loads(str(arrays["meta/config"]))
+    config["nal"] = True
+    arrays["meta/config"] = np.array(json.dumps(config))
+    run = tmp_path / "nal-run"
+    save_arrays(run / "checkpoint.npz", arrays)
+    with pytest.raises(ValueError, match="residual=False"):
+        _tool().export(run, out_dir=tmp_path / "out", sample_images=10, log=lambda *a: None)
+    assert not (tmp_path / "out" / "attention56_cifar10.npz").exists()
+
+
+def test_tool_command_line_error_is_one_line(tmp_path, capsys):
+    assert _tool().main([str(tmp_path / "no-such-run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export_pretrained: error: checkpoint not found") and "\n" not in err
+
+
+# ------------------------------------------------------------------ the loader's errors
+
+
+def test_missing_file_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(pt, "PRETRAINED_DIR", tmp_path)
+    assert not models.pretrained_available()
+    for call in (lambda: models.attention56(pretrained=True), lambda: models.load_pretrained()):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "attention56_cifar10.npz" in message
+        assert "tools/export_pretrained.py" in message
+    with pytest.raises(FileNotFoundError, match="metadata"):
+        models.pretrained_metadata()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"num_classes": 100}, "num_classes=100"),
+    ({"attention": "spatial"}, "attention='spatial'"),
+    ({"residual": False}, "residual=False"),
+    ({"mask": "local_conv"}, "mask='local_conv'"),
+    ({"mask_bn": True}, "mask_bn=True"),
+    ({"pools": (2, 2, 1)}, "pools=(2, 2, 1)"),
+    ({"t": 4}, "t=4"),
+])
+def test_incompatible_arguments(kwargs, words, monkeypatch, tmp_path):
+    monkeypatch.setattr(pt, "PRETRAINED_DIR", tmp_path)  # checked before the file is looked for
+    with pytest.raises(ValueError) as info:
+        models.attention56(pretrained=True, **kwargs)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_matching_defaults_are_accepted(monkeypatch, tmp_path):
+    monkeypatch.setattr(pt, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError):  # past the argument check: only the file is missing
+        models.attention56(pretrained=True, num_classes=10, attention="mixed", residual=True, seed=3)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: models.attention92(pretrained=True),
+    lambda: models.get_model("attention164", pretrained=True),
+    lambda: models.attention56_imagenet(pretrained=True),
+])
+def test_other_networks_have_no_pretrained_weights(build):
+    with pytest.raises(ValueError, match="only attention56"):
+        build()
+
+
+def test_unknown_name_and_unreadable_file(tmp_path):
+    with pytest.raises(ValueError, match="available: attention56_cifar10"):
+        models.load_pretrained("resnet164_cifar10")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable pretrained"):
+        models.load_pretrained(path=bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a pretrained miniran file"):
+        models.load_pretrained(path=other)
+
+
+# ------------------------------------------------------------------ the shipped file
+
+shipped = pytest.mark.skipif(
+    not models.pretrained_available(),
+    reason=f"the trained weights are not in this copy ({pt.pretrained_path()} is missing; "
+           "write them with `python tools/export_pretrained.py RUN_DIR`)",
+)
+
+
+@shipped
+def test_shipped_model_reaches_its_recorded_accuracy():
+    meta = models.pretrained_metadata()
+    assert meta["sample_images"] == 1000, "the shipped threshold must come from all 1,000 embedded test images"
+    net = models.attention56(pretrained=True)
+    assert not net.training
+    assert {v.dtype for v in net.state_dict().values()} == {np.dtype(np.float32)}
+    x, y = data.load_cifar10_sample(train=False)
+    info = net.pretrained_info
+    result = evaluate(net, x, y, info["mean"], info["std"], batch_size=250)
+    assert result["count"] == 1000
+    assert result["acc"] >= meta["sample_accuracy_threshold"], (
+        f"shipped model: {100 * result['acc']:.1f}% on the embedded test sample, below the recorded "
+        f"threshold {100 * meta['sample_accuracy_threshold']:.1f}%"
+    )
+
+
+@shipped
+def test_shipped_files_agree():
+    meta = models.pretrained_metadata()
+    path = models.pretrained_path()
+    assert meta["file_bytes"] == path.stat().st_size
+    assert meta["model"] == "attention56" and meta["metrics"] and meta["epochs"] == meta["metrics"][-1]["epoch"]
+    with np.load(path, allow_pickle=False) as f:
+        assert str(f["meta/weights_dtype"]) == meta["weights_dtype"]

@@ -1,0 +1,194 @@
+"""miniran.viz: the masks and trunk features of every attention module, their statistics and plots.
+
+Checks shapes and value ranges of the captured maps, that they are the
+module's own M and T (``last_mask``/``last_trunk``), that the hooks are gone
+afterwards and the model's outputs and mode are unchanged, that the three
+image layouts give the same maps, the [0, 1] colour scale and colour bars of
+the figures, and (with a GPU) that a CuPy model gives the NumPy model's maps.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from miniran import Tensor, data, models, no_grad, viz  # noqa: E402
+
+N = 3
+
+
+@pytest.fixture(scope="module")
+def images():
+    x, y = data.load_cifar10_sample(train=False)
+    return x[:N], y[:N]  # uint8 (N, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return models.attention56(seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def maps(net, images):
+    return viz.attention_maps(net, images[0].transpose(0, 2, 3, 1))  # (N, 32, 32, 3) uint8
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_shapes_and_ranges(maps):
+    assert len(maps) == 3
+    expected = [("stages.0.1", 1, 64, 32), ("stages.1.1", 2, 128, 16), ("stages.2.1", 3, 256, 8)]
+    for m, (name, stage, c, hw) in zip(maps, expected):
+        assert (m.name, m.stage) == (name, stage)
+        assert m.mask.shape == m.trunk.shape == m.fused.shape == m.masked.shape == (N, c, hw, hw)
+        assert isinstance(m.mask, np.ndarray) and m.mask.dtype == np.float32
+        assert 0.0 <= m.mask.min() and m.mask.max() <= 1.0
+        assert m.residual
+        np.testing.assert_allclose(m.fused, (1 + m.mask) * m.trunk)
+        np.testing.assert_allclose(m.masked, m.mask * m.trunk)
+        assert m.mean_mask.shape == (N, hw, hw)
+    assert maps.images.shape == (N, 32, 32, 3) and 0 <= maps.images.min() and maps.images.max() <= 1
+    assert maps.logits.shape == (N, 10) and maps.bn_mode == "eval"
+
+
+def test_maps_are_the_modules_own(net, maps):
+    for m, module in zip(maps, net.attention_modules()):
+        np.testing.assert_array_equal(m.mask, module.last_mask.data)
+        np.testing.assert_array_equal(m.trunk, module.last_trunk.data)
+
+
+def test_hooks_removed_outputs_and_mode_unchanged(images):
+    net = models.attention56(seed=0).eval()
+    x = Tensor(data.normalize(images[0], *viz.default_normalization()))
+    with no_grad():
+        before = net(x).data.copy()
+    state = {k: v.copy() for k, v in net.state_dict().items()}
+    net.train()  # attention_maps runs in eval mode and puts the training flag back
+    maps = viz.attention_maps(net, images[0])
+    assert _hook_count(net) == 0 and net.training
+    net.eval()
+    with no_grad():
+        after = net(x).data
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(maps.logits, before)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_hooks_removed_after_an_error(net):
+    with pytest.raises(ValueError):
+        viz.attention_maps(net, np.zeros((2, 3, 32, 32), np.float32)[:, :2])
+    assert _hook_count(net) == 0
+
+
+def test_batch_mode_restores_running_statistics(images):
+    net = models.attention56(seed=0)
+    state = {k: v.copy() for k, v in net.state_dict().items()}
+    maps = viz.attention_maps(net, images[0], bn_mode="batch", batch_size=2)
+    assert maps.bn_mode == "batch" and maps[0].mask.shape[0] == N
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+    with pytest.raises(ValueError, match="bn_mode"):
+        viz.attention_maps(net, images[0], bn_mode="train")
+
+
+def test_image_layouts_agree(net, images, maps):
+    mean, std = viz.default_normalization()
+    nchw = viz.attention_maps(net, images[0])
+    tensor = viz.attention_maps(net, Tensor(data.normalize(images[0], mean, std)), mean=mean, std=std)
+    for a, b, c in zip(maps, nchw, tensor):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.mask, c.mask, atol=1e-6)
+    np.testing.assert_allclose(tensor.images, maps.images, atol=1e-5)  # un-normalised for display
+    with pytest.raises(ValueError, match="uint8 images"):
+        viz.to_input(np.zeros((2, 32, 32, 4), np.uint8))
+
+
+def test_no_attention_module_is_an_error():
+    with pytest.raises(ValueError, match="no AttentionModule"):
+        viz.attention_maps(models.resnet164(), np.zeros((1, 3, 32, 32), np.uint8))
+
+
+def test_mask_statistics(maps):
+    stats = viz.mask_statistics(maps)
+    assert [s["stage"] for s in stats] == [1, 2, 3]
+    for s, m in zip(stats, maps):
+        assert s["shape"] == m.mask.shape
+        assert 0 <= s["min"] <= s["mean"] <= s["max"] <= 1
+        assert s["mean"] == pytest.approx(float(m.mask.mean()), rel=1e-5)
+        assert s["frac_above_half"] == pytest.approx(float((m.mask > 0.5).mean()))
+        assert 0 <= s["contrast"] <= 1 and s["spatial_std"] >= 0
+    # a constant mask has no spatial contrast; a half-black half-white one has contrast 1
+    m = maps[0]
+    flat = viz.ModuleMaps("x", 1, np.full((2, 4, 8, 8), 0.3, np.float32), m.trunk[:2, :4, :8, :8], True)
+    split = np.zeros((2, 4, 8, 8), np.float32)
+    split[..., 4:] = 1
+    half = viz.ModuleMaps("y", 1, split, m.trunk[:2, :4, :8, :8], True)
+    s_flat, s_half = viz.mask_statistics([flat, half])
+    assert s_flat["contrast"] == pytest.approx(0) and s_flat["spatial_std"] == pytest.approx(0)
+    assert s_half["contrast"] == pytest.approx(1) and s_half["frac_above_half"] == pytest.approx(0.5)
+    table = viz.format_statistics(maps, label="untrained")
+    assert len(table.splitlines()) == 4 and "stages.1.1" in table
+
+
+def _mask_images(fig):
+    return [im for ax in fig.axes for im in ax.get_images()
+            if im.get_cmap().name == "jet" and im.get_array().ndim == 2]
+
+
+def test_plot_masks_fixed_scale_and_colour_bars(images, maps):
+    labels = [data.CIFAR10_CLASSES[k] for k in images[1]]
+    for overlay in (True, False):
+        fig = viz.plot_masks(images[0], maps, n=2, labels=labels, overlay=overlay, title="t")
+        masks = _mask_images(fig)
+        assert len(masks) == 2 * 3
+        assert all(im.get_clim() == (0.0, 1.0) for im in masks)
+        colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert len(colorbars) == len(masks)
+        assert all(cb.get_ylim() == (0.0, 1.0) for cb in colorbars)
+        plt.close(fig)
+    fig = viz.plot_masks(None, maps)  # the images kept in maps
+    assert len(_mask_images(fig)) == N * 3
+    plt.close(fig)
+
+
+def test_plot_trunk_vs_masked(maps):
+    fig = viz.plot_trunk_vs_masked(None, maps, module=1, n=2)
+    assert len(fig.axes) == 2 * 5 + 2 * 4  # image + T, M, M·T, (1+M)·T per row, a colour bar each
+    masks = _mask_images(fig)
+    assert len(masks) == 2 and all(im.get_clim() == (0.0, 1.0) for im in masks)
+    feature = [im for ax in fig.axes for im in ax.get_images()
+               if im.get_cmap().name == "viridis" and im.get_array().ndim == 2]
+    assert len({im.get_clim() for im in feature[:3]}) == 1  # T, M·T, (1+M)·T of one image share a scale
+    plt.close(fig)
+    fig = viz.plot_trunk_vs_masked(None, maps, module=2, channel="mean", n=1)
+    plt.close(fig)
+
+
+def test_calibrate_batch_norm(images):
+    net = models.attention56(seed=0)
+    mom = [m.momentum for m in net.modules() if hasattr(m, "running_var")]
+    viz.calibrate_batch_norm(net, images[0], batch_size=2)
+    assert not net.training
+    assert [m.momentum for m in net.modules() if hasattr(m, "running_var")] == mom
+    # the stem's BN statistics are now those of the data, not 0 and 1
+    bn = net.stages[0][0].bn1
+    assert not np.allclose(bn.running_mean, 0) and not np.allclose(bn.running_var, 1)
+
+
+@pytest.mark.gpu
+def test_cupy_model_gives_the_same_maps(cp, images, maps):
+    gpu_net = models.attention56(seed=0).eval().to("gpu")
+    gpu_maps = viz.attention_maps(gpu_net, images[0].transpose(0, 2, 3, 1))
+    for a, b in zip(maps, gpu_maps):
+        assert isinstance(b.mask, np.ndarray)
+        np.testing.assert_allclose(a.mask, b.mask, atol=1e-4)
+    fig = viz.plot_masks(None, gpu_maps, n=1)
+    plt.close(fig)
