@@ -39,6 +39,11 @@ test: $(VENV)/.stamp-test $(NVRTC_VENV)/.stamp
 test-standin: $(VENV)/.stamp-test
 	MINIRAN_CUPY_STANDIN=1 $(PY) -m pytest -m gpu -p no:cacheprovider
 
+## make gpu-check: on a GPU machine, the real gpu tests, the GPU benchmark and a
+## timed Attention-56 run on CIFAR-10 (set MINIRAN_DATA), under 8 minutes
+gpu-check: $(VENV)/.stamp-test
+	$(PY) tools/gpu_check.py
+
 ## make nvrtc-check: compile every GPU kernel with NVRTC as CuPy would (no GPU needed)
 nvrtc-check: $(NVRTC_VENV)/.stamp
 	$(NVRTC_VENV)/bin/python tools/nvrtc_check.py

@@ -57,3 +57,11 @@ def cp(request):
     import cupy
 
     return cupy
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes CuPy must carry the `gpu` marker, or `make test-gpu`
+    (pytest -m gpu) and the stand-in run would silently leave it out."""
+    for item in items:
+        if "cp" in getattr(item, "fixturenames", ()) and item.get_closest_marker("gpu") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses the `cp` fixture but is not marked gpu")

@@ -13,6 +13,7 @@ import pytest
 
 import miniran
 import miniran.functional as F
+import miniran.models
 from miniran import backend, data, nn, optim
 from miniran.autograd import Tensor
 
@@ -230,3 +231,127 @@ def test_batch_norm_kernels_match_the_array_code(cp, rng, training, relu, shape)
     for name, a, b_ in zip(["y", "gx", "ggamma", "gbeta", "running_mean", "running_var"], *results):
         assert b_.dtype == np.float32, name
         np.testing.assert_allclose(b_, a, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(a).max()), err_msg=name)
+
+
+# --------------------------------------------------------------------------- every operation, CPU against GPU
+
+_X4 = (2, 3, 6, 5)
+# name: (function of tensors, shapes of the float inputs)
+OPERATIONS = {
+    "add": (lambda a, b: a + b, [(3, 4), (4,)]),
+    "sub": (lambda a, b: a - b, [(3, 4), (3, 1)]),
+    "mul": (lambda a, b: a * b, [(3, 4), (3, 4)]),
+    "div": (lambda a, b: a / (F.exp(b) + 1), [(3, 4), (4,)]),
+    "scalar_ops": (lambda a: (1 + a) * 2 - 3 / (F.exp(a) + 1) - a / 4 + (2 - a), [(3, 4)]),
+    "neg": (lambda a: -a, [(3, 4)]),
+    "pow": (lambda a: a ** 2, [(3, 4)]),
+    "exp": (lambda a: F.exp(a), [(3, 4)]),
+    "log": (lambda a: F.log(F.exp(a) + 1), [(3, 4)]),
+    "tanh": (lambda a: F.tanh(a), [(3, 4)]),
+    "sigmoid": (lambda a: F.sigmoid(a), [(3, 4)]),
+    "relu": (lambda a: F.relu(a), [_X4]),
+    "sum": (lambda a: F.sum(a, axis=(0, 2)), [_X4]),
+    "mean": (lambda a: F.mean(a, axis=1, keepdims=True), [_X4]),
+    "max": (lambda a: F.max(a, axis=(2, 3)), [_X4]),
+    "reshape": (lambda a: F.reshape(a, (6, 30)), [_X4]),
+    "transpose": (lambda a: F.transpose(a, (1, 0, 3, 2)), [_X4]),
+    "flatten": (lambda a: F.flatten(a), [_X4]),
+    "getitem": (lambda a: F.getitem(a, (slice(None), [0, 2, 2])), [_X4]),
+    "concat": (lambda a, b: F.concat([a, b], axis=1), [_X4, _X4]),
+    "matmul": (lambda a, b: a @ b, [(3, 4), (4, 5)]),
+    "linear": (lambda a, w, b: F.linear(a, w, b), [(3, 4), (5, 4), (5,)]),
+    "softmax": (lambda a: F.softmax(a), [(3, 4)]),
+    "log_softmax": (lambda a: F.log_softmax(a), [(3, 4)]),
+    "cross_entropy": (lambda a: F.cross_entropy(a, backend.get_array_module(a.data).asarray([0, 3, 1])),
+                      [(3, 4)]),
+    "conv2d": (lambda a, w: F.conv2d(a, w, stride=2, padding=1), [_X4, (4, 3, 3, 3)]),
+    "conv2d_1x1": (lambda a, w, b: F.conv2d(a, w, b), [_X4, (4, 3, 1, 1), (4,)]),
+    "batch_norm": (lambda a, g, b: F.batch_norm(a, None, None, g, b, training=True), [_X4, (3,), (3,)]),
+    "batch_norm_relu": (lambda a, g, b: F.batch_norm_relu(a, None, None, g, b, training=True),
+                        [_X4, (3,), (3,)]),
+    "max_pool2d": (lambda a: F.max_pool2d(a, 3, 2, 1), [_X4]),
+    "avg_pool2d": (lambda a: F.avg_pool2d(a, 2, 2, ceil_mode=True), [_X4]),
+    "global_avg_pool2d": (lambda a: F.global_avg_pool2d(a), [_X4]),
+    "interpolate_bilinear": (lambda a: F.interpolate_bilinear(a, (9, 4)), [_X4]),
+    "channel_l2_normalize": (lambda a: F.channel_l2_normalize(a), [_X4]),
+    "spatial_sigmoid": (lambda a: F.spatial_sigmoid(a), [_X4]),
+    "cast": (lambda a: F.cast(F.cast(a, np.float64) * 2, np.float32), [(3, 4)]),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_every_operation_agrees_on_cpu_and_gpu(cp, name):
+    """Forward, backward and dtypes (float32 stays float32) of each operation."""
+    fn, shapes = OPERATIONS[name]
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    results = []
+    for xp in (np, cp):
+        ts = [Tensor(xp.asarray(a), requires_grad=True) for a in arrays]
+        y = fn(*ts)
+        gy = np.random.default_rng(8).standard_normal(y.shape).astype(np.float32)
+        y.backward(xp.asarray(gy))
+        assert backend.get_array_module(y.data) is xp and y.dtype == np.float32, name
+        results.append([backend.to_numpy(y.data)] + [backend.to_numpy(t.grad) for t in ts])
+    for k, (a, b) in enumerate(zip(*results)):
+        assert b.dtype == np.float32, (name, k)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(a).max()), err_msg=f"{name} [{k}]")
+
+
+# --------------------------------------------------------------------------- launches and syncs (stand-in only)
+
+
+@pytest.mark.gpu
+def test_attention56_training_step_launch_budget(cp):
+    """One training step: at most 1,500 device operations and no device-to-host sync.
+
+    `benchmarks/bench_gpu_ops.py` prints the same count broken down by operation.
+    """
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+    rng = np.random.default_rng(0)
+    net = miniran.models.attention56(num_classes=10, seed=0).to("gpu")
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    schedule = optim.CosineLR(opt, 10)
+    x = cp.asarray(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    y = cp.asarray(rng.integers(0, 10, 2))
+
+    def step():
+        loss = F.cross_entropy(net(Tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+
+    step()  # the first step allocates momentum buffers and caches matrices
+    with cupy_standin.counting() as c:
+        step()
+    assert c.syncs == 0, dict(c.syncs_by_name)
+    assert c.host_to_device == 0
+    assert c.launches <= 1500, c.launches_by_name.most_common(10)
+
+
+@pytest.mark.gpu
+def test_evaluation_syncs_once_per_call_not_per_batch(cp):
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts syncs: stand-in only")
+    from miniran.train.trainer import evaluate
+
+    rng = np.random.default_rng(0)
+    net = miniran.models.attention56(num_classes=10, seed=0, pools=(1, 1, 1)).to("gpu")
+    images = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 6)
+    mean, std = np.zeros((3, 1, 1), np.float32), np.ones((3, 1, 1), np.float32)
+    with cupy_standin.counting() as c:
+        result = evaluate(net, images, labels, mean, std, batch_size=2, device="gpu")  # 3 batches
+    assert result["count"] == 6
+    assert c.syncs <= 3, dict(c.syncs_by_name)  # the three numbers read back at the end
+
+
+def test_every_test_using_cupy_is_marked_gpu():
+    """`make test-gpu` (pytest -m gpu) must select every test that touches CuPy."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not gpu",
+                          "-p", "no:cacheprovider", str(ROOT / "tests")],
+                         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, MINIRAN_CUPY_STANDIN="1"))
+    leaked = [line for line in out.stdout.splitlines() if "[cupy]" in line]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not leaked, leaked

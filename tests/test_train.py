@@ -1,6 +1,7 @@
 """The training command: metrics, checkpoints, resume equivalence, NaN stop, eval and plot."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -498,3 +499,40 @@ def test_demo_does_not_overwrite_an_earlier_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
     assert cli.main(["demo", "--no-progress"]) == 0 and seen["force"] is False and seen["out"] == "runs/demo"
     assert cli.main(["demo", "--no-progress", "--force"]) == 0 and seen["force"] is True
+
+
+# --------------------------------------------------------------------------- the GPU end to end
+
+
+@pytest.mark.gpu
+def test_gpu_run_resumes_to_the_same_weights(tmp_path, cp):
+    """Checkpoint save and resume from the GPU: interrupted + resumed == uninterrupted."""
+    full = tmp_path / "full"
+    train(tiny_config(full, epochs=2, schedule="cosine", device="gpu"), progress=False, log=quiet)
+
+    def interrupt(step):
+        if step == 6:  # mid-epoch 2: the checkpoint on disk is the one from step 4
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(cut, epochs=2, schedule="cosine", device="gpu"), progress=False, log=quiet,
+              on_step=interrupt)
+    assert Checkpoint(cut / "checkpoint.npz").config["device"] == "gpu"
+    history = train(tiny_config(cut, epochs=2), resume=True, progress=False, log=quiet)
+    assert [r["epoch"] for r in history] == [1, 2]
+    a, b = weights(full / "checkpoint.npz"), weights(cut / "checkpoint.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.gpu
+def test_cli_trains_and_evaluates_on_the_gpu(tmp_path, cp):
+    """`miniran train --device gpu` for a few steps, with its evaluation on the test images."""
+    out = tmp_path / "run"
+    status, stdout, err = run_cli("train", *TINY_ARGS, "--max-steps", "4", "--device", "gpu", "--out", out)
+    assert status == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and rows[-1]["test_images"] == 10
+    assert math.isfinite(rows[-1]["test_loss"]) and 0 <= rows[-1]["test_acc"] <= 1
+    assert "device gpu" in stdout + err
