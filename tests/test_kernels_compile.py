@@ -103,13 +103,13 @@ def test_every_declared_kernel_compiles_with_nvrtc(nvrtc_python):
 
 
 def test_generated_source_is_cupys_elementwise_template(nvrtc_python):
-    proc = _run(nvrtc_python, str(SCRIPT), "--show-source", "miniran_im2col")
+    proc = _run(nvrtc_python, str(SCRIPT), "--show-source", "miniran_im2col_batched")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     src = proc.stdout
     for piece in ("#include <cupy/carray.cuh>",  # CuPy's headers come first
                   "typedef float T;",  # placeholder bound per dtype
                   "typedef double T;",
-                  'extern "C" __global__ void miniran_im2col(',
+                  'extern "C" __global__ void miniran_im2col_batched(',
                   "const CArray<float, 1, 1, 1> img",  # raw input: the array itself
                   "const int batch",  # int32 scalar argument
                   "CArray<float, 1, 1, 1> _raw_col",  # non-raw output, bound per element:
@@ -182,9 +182,9 @@ def test_command_exits_non_zero_on_a_broken_kernel(nvrtc_python, tmp_path):
         backend.elementwise_kernel("scratch_cli_broken", "T x", "T y", "y = x +* 2")
     '''))
     proc = _run(nvrtc_python, str(SCRIPT), "--arch", "80", "--import", str(module),
-                "scratch_cli_broken", "miniran_im2col")
+                "scratch_cli_broken", "miniran_im2col_batched")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "FAIL scratch_cli_broken [float32]" in out and "FAIL scratch_cli_broken [float64]" in out, out
-    assert "OK   miniran_im2col [float32]" in out, out
+    assert "OK   miniran_im2col_batched [float32]" in out, out
     assert "error" in out, out

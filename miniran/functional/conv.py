@@ -200,72 +200,10 @@ def _pad_channel_major(x_cn, ph, pw):
 # --------------------------------------------------------------------------- GPU kernels
 
 
-# Note: `i` (the thread's element index) and `n` are reserved names in
-# ElementwiseKernel code, so the batch index is called `b` here.
-_IM2COL_KERNEL = backend.elementwise_kernel(
-    "miniran_im2col",
-    "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
-    "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
-    "T col",
-    """
-    // One thread per element of col, laid out (C, KH, KW, N, OH, OW):
-    // peel the six indices off the flat index i, last axis first.
-    ptrdiff_t rest = i;
-    const int ox = rest % out_w;  rest /= out_w;
-    const int oy = rest % out_h;  rest /= out_h;
-    const int b  = rest % batch;  rest /= batch;
-    const int kx = rest % kw;     rest /= kw;
-    const int ky = rest % kh;     rest /= kh;
-    const int c  = rest;
-    // the input pixel under tap (ky, kx) of output (oy, ox)
-    const int y  = oy * sy - ph + ky;
-    const int xx = ox * sx - pw + kx;
-    if (0 <= y && y < h && 0 <= xx && xx < w) {
-            col = img[(((ptrdiff_t)b * channels + c) * h + y) * w + xx];
-    } else {
-            col = (T)0;  // zero padding
-    }
-    """,
-)
-_COL2IM_KERNEL = backend.elementwise_kernel(
-    "miniran_col2im",
-    "raw T col, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
-    "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
-    "T img",
-    """
-    // One thread per input pixel of img (N, C, H, W): *gather* every col
-    // entry that was copied from this pixel. Each thread writes only its
-    // own pixel, so no atomics are needed and the sum order is fixed.
-    ptrdiff_t rest = i;
-    const int xx = rest % w;         rest /= w;
-    const int y  = rest % h;         rest /= h;
-    const int c  = rest % channels;  rest /= channels;
-    const int b  = rest;
-    T acc = (T)0;
-    for (int ky = 0; ky < kh; ++ky) {
-            // tap ky of output row oy reads padded row oy*sy + ky = y + ph
-            const int ty = y + ph - ky;
-            if (ty < 0 || ty % sy != 0) continue;
-            const int oy = ty / sy;
-            if (oy >= out_h) continue;
-            for (int kx = 0; kx < kw; ++kx) {
-                const int tx = xx + pw - kx;
-                if (tx < 0 || tx % sx != 0) continue;
-                const int ox = tx / sx;
-                if (ox >= out_w) continue;
-                acc += col[((((ptrdiff_t)c * kh + ky) * kw + kx) * batch + b) * out_h * out_w
-                           + (ptrdiff_t)oy * out_w + ox];
-            }
-    }
-    img = acc;
-    """,
-)
-
-
-
 # The per-image layout of the GPU convolution: col (N, C, KH, KW, OH, OW),
 # i.e. (N, C*KH*KW, OH*OW), so that y = w @ col is a batched product that is
-# already in (N, O, OH, OW) order.
+# already in (N, O, OH, OW) order. Note: `i` (the thread's element index) and
+# `n` are reserved names in ElementwiseKernel code, so the batch index is `b`.
 _IM2COL_BATCHED_KERNEL = backend.elementwise_kernel(
     "miniran_im2col_batched",
     "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
@@ -322,20 +260,23 @@ _COL2IM_BATCHED_KERNEL = backend.elementwise_kernel(
 )
 
 def _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow):
+    """:func:`im2col` on the GPU: the convolution's per-image kernel, then the
+    documented (C, KH, KW, N, OH, OW) layout (one transposing copy)."""
     cp = backend.cupy_module()
     n, c, h, w = x.shape
     x = cp.ascontiguousarray(x)  # the kernel indexes the raw buffer as (N, C, H, W)
-    col = cp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    _IM2COL_KERNEL(x, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, col)
-    return col
+    col = cp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    _IM2COL_BATCHED_KERNEL(x, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, col)
+    return cp.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))
 
 
 def _col2im_gpu(col, n, c, h, w, sy, sx, ph, pw):
+    """:func:`col2im` on the GPU: back to the per-image layout, then the kernel."""
     cp = backend.cupy_module()
     _, kh, kw, _, oh, ow = col.shape
-    col = cp.ascontiguousarray(col)
+    col = cp.ascontiguousarray(col.transpose(3, 0, 1, 2, 4, 5))  # (N, C, KH, KW, OH, OW)
     img = cp.empty((n, c, h, w), dtype=col.dtype)
-    _COL2IM_KERNEL(col, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, img)
+    _COL2IM_BATCHED_KERNEL(col, n, c, h, w, kh, kw, oh, ow, sy, sx, ph, pw, img)
     return img
 
 
