@@ -26,7 +26,7 @@ $(NVRTC_VENV)/.stamp:
 
 ## make demo: train a small attention network on the embedded CIFAR-10 sample
 demo: $(VENV)/.stamp-base
-	$(PY) -m miniran demo
+	$(PY) -m miniran demo --force  # runs/demo is the demo's own folder: each `make demo` starts it over
 
 ## make test: the test suite (slow cases excluded), then every GPU test again
 ## on the CPU through the CuPy stand-in (tests/standin); the NVRTC compile
