@@ -45,8 +45,8 @@ class MaskHead(nn.Module):
     * ``"channel"``: L2 normalisation across channels at each position (Eq. 5);
     * ``"spatial"``: each channel map standardised, then a sigmoid (Eq. 6).
 
-    ``mask_bn=True`` adds batch norm right before the activation, a hypothesis
-    from the critique in the paper notes (section 14.3).
+    ``mask_bn=True`` adds batch norm right before the activation: not in the
+    paper, a reader's hypothesis (point 3 of the critique in docs/sources.md).
     """
 
     def __init__(self, channels, attention="mixed", mask_bn=False, rng=None):
@@ -142,7 +142,8 @@ class AttentionModule(nn.Module):
         residual: True for attention residual learning, (1 + M) * T (Eq. 3);
             False for naive attention learning, M * T (Eq. 1).
         mask: ``"encoder_decoder"`` (section 3.2) or ``"local_conv"`` (Table 4 baseline).
-        mask_bn: batch norm right before the mask activation (notes section 14.3).
+        mask_bn: batch norm right before the mask activation; not in the paper, a
+            reader's hypothesis (docs/sources.md, the critique, point 3).
         local_units: residual units of the ``"local_conv"`` mask (the paper uses 3).
         rng: ``numpy.random.Generator`` for the initialisation.
 

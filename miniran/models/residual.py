@@ -2,7 +2,7 @@
 
 The Residual Attention Network builds its trunk, its mask branch and the
 units between stages from this one unit (paper section 3, Table 2; official
-Caffe model, notes section 6.1). Layer order, exactly as the Caffe model::
+Caffe model, see docs/sources.md). Layer order, exactly as the Caffe model::
 
     a   = ReLU(BN(x))                     # pre-activation, shared by both paths
     out = Conv1x1(a)          -> out/4 channels
