@@ -1,6 +1,6 @@
 """The import rule of the package: each layer imports only from the layers below it.
 
-    backend, _io -> autograd -> functional -> nn -> models -> optim | data -> train, viz
+    backend, _io -> autograd -> functional -> nn -> models -> optim | data -> train, viz, diagrams
 
 (``optim`` and ``data`` share a level and do not import each other.) The test
 reads every module's imports from its syntax tree, so an import inside a
@@ -15,7 +15,7 @@ import miniran
 
 PACKAGE = Path(miniran.__file__).parent
 LEVELS = [("backend", "_io"), ("autograd",), ("functional",), ("nn",), ("models",), ("optim", "data"),
-          ("train", "viz")]
+          ("train", "viz", "diagrams")]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 
 

@@ -1,4 +1,7 @@
-"""Solution to the exercise of notebook 04: max pooling's backward pass (argmax routing).
+"""Solution to the earlier exercise of notebook 04: max pooling's backward pass (argmax routing).
+
+Notebook 04's exercise is now the overlapping 3x3/2 pooling (``nb04_overlapping_pool.py``); this
+non-overlapping version is kept as a simpler reference and is still tested.
 
 Non-overlapping windows only (kernel = stride = k, H and W divisible by k),
 which lets a reshape cut the image into its windows:

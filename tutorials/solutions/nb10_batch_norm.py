@@ -1,4 +1,7 @@
-"""Solution to the exercise of notebook 10: batch norm (training mode) with a closed-form backward.
+"""Solution to the earlier exercise of notebook 10: batch norm (training mode) with a closed-form backward.
+
+Notebook 10's exercise is now sigmoid(batch norm) with no formula given (``nb10_bn_sigmoid.py``);
+this closed-form batch norm (the derivation of notebook 04) is kept as a reference and is still tested.
 
 Notation: x is (N, C, H, W) or (N, C); every per-channel statistic is taken
 over the M = N*H*W (or N) values of its channel::

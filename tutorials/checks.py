@@ -1,0 +1,527 @@
+"""Checkers for the tutorial exercises, and the way to see a solution when you ask for it.
+
+The notebooks run with ``tutorials/`` as their working directory, so a notebook
+imports this module with ``from checks import ...``.
+
+Every checker prints one line per case with the **relative error**
+
+    rel = max|got - expected| / max(max|got|, max|expected|, 1e-12),
+
+the measure the CS231n assignments print. How to read it, in float64:
+
+* below 1e-7: right (rounding alone gives about 1e-16 to 1e-10);
+* between 1e-7 and 1e-3: suspicious, look at the case;
+* above 1e-3: almost surely wrong.
+
+A checker returns ``True`` when every case passes and ``False`` otherwise; it
+never shows a raw traceback: a wrong shape or type, or an exception in your
+code, is reported in one line. ``NotImplementedError`` prints "not solved yet".
+
+Solutions live in ``tutorials/solutions/`` and are loaded only when you ask:
+``show_solution("nb03_im2col")`` prints a solution's source,
+``load_solution("nb03_im2col", "im2col")`` returns one of its functions, and
+``show_answers("03")`` prints the expected answers to a notebook's open
+questions (from ``solutions/answers.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+
+import miniran
+import miniran.functional as F
+from miniran import Tensor, models
+
+HERE = Path(__file__).resolve().parent
+TOL = 1e-7  # float64: a right answer is far below, a wrong one far above
+READING = "relative error: < 1e-7 right (float64), 1e-7..1e-3 suspicious, > 1e-3 almost surely wrong"
+
+
+# --------------------------------------------------------------------------- core
+
+
+def rel_error(got, expected):
+    """max|got - expected| / max(max|got|, max|expected|, 1e-12)."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.max(np.abs(got), initial=0.0)), float(np.max(np.abs(expected), initial=0.0)), 1e-12)
+    return float(np.max(np.abs(got - expected), initial=0.0)) / scale
+
+
+def _as_array(value):
+    if isinstance(value, Tensor):
+        return value.data
+    return value
+
+
+def check(name, got, expected, tol=TOL, quiet=False):
+    """Compare ``got`` with ``expected``; print the relative error; return True when it is below ``tol``.
+
+    A wrong type or shape prints one line saying what was expected and returns False.
+    """
+    got, expected = _as_array(got), _as_array(expected)
+    expected = np.asarray(expected)
+    if not isinstance(got, (np.ndarray, np.generic, float, int)):
+        print(f"  {name}: expected an array of shape {expected.shape}, got {type(got).__name__}   WRONG")
+        return False
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        print(f"  {name}: expected shape {expected.shape}, got shape {got.shape}   WRONG")
+        return False
+    if not np.all(np.isfinite(got)):
+        print(f"  {name}: your result holds NaN or inf   WRONG")
+        return False
+    err = rel_error(got, expected)
+    ok = err < tol
+    if not quiet or not ok:
+        print(f"  {name}: relative error {err:.1e}   {'ok' if ok else 'WRONG'}")
+    return ok
+
+
+def _run(name, fn, *args):
+    """Call ``fn(*args)``; on an exception print one line and return (False, None)."""
+    try:
+        return True, fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # the learner's code failed: one line, no traceback
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"  {name}: your code raised {type(exc).__name__}: {msg}   WRONG")
+        return False, None
+
+
+def _exercise(title, guide=True):
+    """Decorator: print a title and the reading guide, turn NotImplementedError into 'not solved yet'."""
+    def wrap(body):
+        def checker(*args, **kwargs):
+            print(f"{title}  ({READING})" if guide else title)
+            try:
+                ok = bool(body(*args, **kwargs))
+            except NotImplementedError:
+                print("  not solved yet")
+                return False
+            print(f"=> {'all checks passed' if ok else 'some checks FAILED'}")
+            return ok
+        checker.__name__, checker.__doc__ = body.__name__, body.__doc__
+        return checker
+    return wrap
+
+
+def _numeric_grads(fn, arrays, gy, eps=1e-6):
+    """Central differences of L = sum(gy * fn(*arrays)) for every element of every array."""
+    grads = []
+    for i, a in enumerate(arrays):
+        g = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            vals = []
+            for step in (eps, -eps):
+                a[idx] = old + step
+                with miniran.no_grad():
+                    out = fn(*[Tensor(b) for b in arrays])
+                vals.append(float(np.sum(gy * _as_array(out))))
+            a[idx] = old
+            g[idx] = (vals[0] - vals[1]) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+def check_grad(name, fn, inputs, seed=0, tol=1e-6, _reraise_unsolved=False):
+    """Check the backward pass of ``fn`` (a callable on Tensors) in float64 with a random upstream gradient.
+
+    Prints, for every input, the relative error between your gradient and
+    central differences of L = sum(gy * fn(inputs)), then runs
+    ``miniran.gradcheck`` (the same test, elementwise) as the verdict. Inputs
+    should be small (every element is perturbed). Returns True when both pass.
+    """
+    arrays = [np.array(_as_array(a), dtype=np.float64) for a in inputs]
+    tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    try:
+        ok, out = _run(f"{name} forward", fn, *tensors)
+        if not ok:
+            return False
+        gy = np.random.default_rng([seed, 7919]).standard_normal(out.shape)  # independent of the inputs
+        ok, _ = _run(f"{name} backward", out.backward, gy)
+    except NotImplementedError:
+        if _reraise_unsolved:  # inside an exercise checker: it prints "not solved yet" once
+            raise
+        print(f"  {name}: not solved yet")
+        return False
+    if not ok:
+        return False
+    numeric = _numeric_grads(fn, [a.copy() for a in arrays], gy)
+    passed = True
+    for i, (t, g) in enumerate(zip(tensors, numeric)):
+        if t.grad is None:
+            print(f"  {name}, gradient of input {i}: none was computed (did backward return it?)   WRONG")
+            passed = False
+            continue
+        passed &= check(f"{name}, gradient of input {i}", t.grad, g, tol=tol)
+    if passed:
+        try:
+            miniran.gradcheck(fn, arrays, seed=seed, mode="elementwise")
+        except miniran.GradcheckError as err:
+            print(f"  {name}: miniran.gradcheck failed: {str(err).splitlines()[0]}   WRONG")
+            passed = False
+    return passed
+
+
+# --------------------------------------------------------------------------- solutions and answers
+
+
+def load_solution(module, name=None):
+    """The solution module ``solutions.<module>``, or its attribute ``name``."""
+    mod = importlib.import_module(f"solutions.{module}")
+    return mod if name is None else getattr(mod, name)
+
+
+def show_solution(module, name=None):
+    """Print the source of ``solutions/<module>.py`` (or of one of its functions/classes)."""
+    obj = load_solution(module, name)
+    print(inspect.getsource(obj))
+
+
+def show_answers(notebook):
+    """Print the expected answers to the open questions of a notebook ("03", 3 or "03_convolution...")."""
+    number = f"{int(str(notebook)[:2].rstrip('_')):02d}"
+    text = (HERE / "solutions" / "answers.md").read_text(encoding="utf-8")
+    parts = re.split(r"(?m)^## ", text)
+    for part in parts:
+        if part.startswith(number):
+            print("## " + part.rstrip())
+            return
+    print(f"no answers for notebook {number} in solutions/answers.md")
+
+
+# --------------------------------------------------------------------------- 03: im2col, col2im
+
+
+def naive_conv(x, w, b=None, stride=1, padding=0):
+    """Seven plain loops: the definition of a (cross-correlation) convolution, in float64."""
+    x, w = np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    y = np.zeros((n, o, oh, ow))
+    for ni in range(n):
+        for oi in range(o):
+            for i in range(oh):
+                for j in range(ow):
+                    acc = 0.0 if b is None else float(b[oi])
+                    for ci in range(c):
+                        for ky in range(kh):
+                            for kx in range(kw):
+                                acc += w[oi, ci, ky, kx] * xp[ni, ci, i * stride + ky, j * stride + kx]
+                    y[ni, oi, i, j] = acc
+    return y
+
+
+IM2COL_CASES = [  # (x shape, kernel, stride, padding)
+    ((1, 1, 4, 4), 3, 1, 0),
+    ((2, 3, 6, 5), 3, 1, 1),
+    ((2, 2, 7, 6), 3, 2, 1),
+    ((1, 2, 5, 5), 2, 2, 0),
+    ((2, 1, 8, 7), 3, 2, 0),
+    ((1, 3, 4, 4), 1, 1, 0),
+]
+
+
+@_exercise("im2col and col2im, on 6 shapes/strides/paddings")
+def check_im2col(im2col_fn, col2im_fn):
+    """Check ``im2col_fn(x, k, stride, padding)`` and ``col2im_fn(col, x_shape, k, stride, padding)``.
+
+    im2col: against ``F.im2col`` and, as a convolution ``W @ col``, against a
+    seven-loop convolution; col2im: against ``F.col2im`` and the adjoint
+    identity <im2col(x), c> = <x, col2im(c)>.
+    """
+    rng = np.random.default_rng(0)
+    ok = True
+    for shape, k, s, p in IM2COL_CASES:
+        tag = f"x{shape} k={k} s={s} p={p}"
+        x = rng.standard_normal(shape)
+        ref = F.im2col(x, k, s, p)
+        good, col = _run(f"im2col {tag}", im2col_fn, x, k, s, p)
+        if good and check(f"im2col {tag} vs F.im2col", col, ref):
+            c, _, _, n, oh, ow = ref.shape
+            w = rng.standard_normal((4, c, k, k))
+            y = (w.reshape(4, -1) @ np.asarray(col).reshape(c * k * k, n * oh * ow)).reshape(4, n, oh, ow)
+            conv = y.transpose(1, 0, 2, 3)
+            ok &= check(f"conv by W @ im2col {tag} vs seven loops", conv, naive_conv(x, w, None, s, p))
+        else:
+            ok = False
+        cmat = rng.standard_normal(ref.shape)
+        good, img = _run(f"col2im {tag}", col2im_fn, cmat, shape, k, s, p)
+        if good and check(f"col2im {tag} vs F.col2im", img, F.col2im(cmat, shape, s, p)):
+            lhs, rhs = float(np.sum(ref * cmat)), float(np.sum(x * np.asarray(img)))
+            ok &= check(f"<im2col(x), c> = <x, col2im(c)> {tag}", rhs, lhs)
+        else:
+            ok = False
+    return ok
+
+
+# --------------------------------------------------------------------------- 04: overlapping max pooling
+
+
+POOL_SHAPES = [(2, 2, 6, 6), (1, 3, 7, 5), (2, 1, 8, 9)]
+
+
+def _ties(rng, shape):
+    """Integers in 0..3: many ties, inside windows and between overlapping windows."""
+    return rng.integers(0, 4, size=shape).astype(np.float64)
+
+
+@_exercise("max pooling 3x3, stride 2, padding 1 (overlapping windows), on 3 shapes, distinct values and ties")
+def check_max_pool(cls):
+    """Check a Function ``cls()`` computing max pooling with 3x3 windows, stride 2, padding 1.
+
+    Forward: against ``F.max_pool2d(x, 3, 2, 1)``. Backward, distinct values:
+    against the library's backward and by central differences (a pixel that wins
+    two overlapping windows must collect both gradients). Backward, ties: each
+    window's gradient must go to exactly one pixel of that window holding the
+    window's maximum (no pixel gets a share it did not win, nothing is lost or doubled).
+    """
+    rng = np.random.default_rng(0)
+    ok = True
+    for shape in POOL_SHAPES:
+        for kind in ("distinct", "ties"):
+            tag = f"x{shape} {kind}"
+            x = rng.permutation(np.linspace(-1, 1, int(np.prod(shape)))).reshape(shape) if kind == "distinct" \
+                else _ties(rng, shape)
+            t = Tensor(x.copy(), requires_grad=True)
+            good, y = _run(f"forward {tag}", lambda a: cls()(a), t)
+            ref = F.max_pool2d(Tensor(x, requires_grad=True), 3, 2, 1)
+            if not (good and check(f"forward {tag}", y, ref)):
+                ok = False
+                continue
+            gy = rng.standard_normal(ref.shape)
+            good, _ = _run(f"backward {tag}", y.backward, gy)
+            if not good or t.grad is None:
+                if good:
+                    print(f"  backward {tag}: no gradient reached x   WRONG")
+                ok = False
+                continue
+            if kind == "distinct":
+                xr = Tensor(x.copy(), requires_grad=True)
+                F.max_pool2d(xr, 3, 2, 1).backward(gy)
+                ok &= check(f"backward {tag} vs the library", t.grad, xr.grad)
+            else:
+                ok &= _check_tie_routing(tag, x, gy, np.asarray(t.grad))
+    if ok:  # the independent check: central differences (distinct values, no tie within a step)
+        x = rng.permutation(np.linspace(-1, 1, 2 * 2 * 5 * 6)).reshape(2, 2, 5, 6)
+        ok &= check_grad("central differences x(2, 2, 5, 6)", lambda a: cls()(a), [x], _reraise_unsolved=True)
+    return ok
+
+
+def _check_tie_routing(tag, x, gy, gx):
+    """With ties there are several right answers (any one of a window's max pixels may take its gradient).
+
+    Two properties every right answer has: for every (n, c) the sum of gx equals
+    the sum of gy (each window's gradient lands once: not dropped, not copied to
+    every tied pixel, not overwritten by an overlapping window), and gx is zero
+    on every pixel that is the maximum of none of the windows covering it.
+    """
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
+    is_winner = np.zeros(x.shape, dtype=bool)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = max(2 * i - 1, 0), max(2 * j - 1, 0)
+            r1, c1 = min(2 * i + 2, h), min(2 * j + 2, w)
+            win = x[:, :, r0:r1, c0:c1]
+            top = win.max(axis=(2, 3), keepdims=True)
+            is_winner[:, :, r0:r1, c0:c1] |= win == top
+    sums_ok = check(f"backward {tag}: sum of gx = sum of gy", gx.sum(axis=(2, 3)), gy.sum(axis=(2, 3)))
+    stray = float(np.max(np.abs(gx[~is_winner]), initial=0.0))
+    if stray > 0:
+        print(f"  backward {tag}: gradient on pixels that win no window (up to {stray:.2e})   WRONG")
+    return sums_ok and stray == 0
+
+
+# --------------------------------------------------------------------------- 10: batch norm + sigmoid backward
+
+
+@_exercise("sigmoid(batch norm(x)) in training mode, forward and backward, on (N, C, H, W) and (N, C)")
+def check_bn_sigmoid(cls):
+    """Check a Function ``cls()(x, gamma, beta) = sigmoid(gamma * xhat + beta)`` (training-mode batch norm)."""
+    rng = np.random.default_rng(0)
+    ok = True
+    for shape in ((4, 3, 2, 2), (6, 2), (2, 2, 3, 1)):
+        c = shape[1]
+        x = rng.standard_normal(shape) * 2 + 1
+        gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+        good, y = _run(f"forward x{shape}", lambda *a: cls()(*a), Tensor(x), Tensor(gamma), Tensor(beta))
+        ref = F.sigmoid(F.batch_norm(Tensor(x), weight=Tensor(gamma), bias=Tensor(beta), training=True))
+        if not (good and check(f"forward x{shape} vs F.sigmoid(F.batch_norm)", y, ref)):
+            ok = False
+            continue
+        ok &= check_grad(f"x{shape}", lambda a, g, b: cls()(a, g, b), [x, gamma, beta], seed=len(shape),
+                         _reraise_unsolved=True)
+    return ok
+
+
+# --------------------------------------------------------------------------- 07: the attention module's forward
+
+
+@_exercise("the attention module's forward, against models.AttentionModule (eval mode, float64)")
+def check_attention_forward(fn):
+    """Check ``fn(module, x)`` against ``module(x)`` for 1, 2 and 3 poolings, ARL and NAL, two input sizes."""
+    rng = np.random.default_rng(0)
+    ok = True
+    for pools, size, residual in ((1, 8, True), (2, 8, True), (3, 16, True), (2, 12, False)):
+        tag = f"pools={pools} {size}x{size} {'ARL (1+M)T' if residual else 'NAL M*T'}"
+        module = models.AttentionModule(4, pools, residual=residual, rng=np.random.default_rng(pools))
+        module = module.astype(np.float64)
+        module.eval()
+        for bn in (m for m in module.modules() if isinstance(m, miniran.nn.BatchNorm2d)):
+            # running statistics away from 0 / 1, so that a skipped or repeated BN shows
+            bn.running_mean[...] = rng.standard_normal(bn.running_mean.shape) * 0.3
+            bn.running_var[...] = rng.uniform(0.5, 2.0, bn.running_var.shape)
+        x = Tensor(rng.standard_normal((2, 4, size, size)))
+        with miniran.no_grad():
+            ref = module(x)
+            good, y = _run(tag, fn, module, x)
+        ok &= good and check(tag, y, ref)
+    return ok
+
+
+# --------------------------------------------------------------------------- 05: the depth 36m + 20
+
+
+def count_trunk_layers(net):
+    """Weighted layers on the trunk path of a miniran CIFAR network (projection shortcuts excluded).
+
+    stem conv + 3 convolutions per bottleneck unit on the trunk (stage-opening
+    units, pre/trunk/post units of every attention module, final units) + fc.
+    """
+    units = sum(1 for stage in net.stages for u in stage if isinstance(u, models.PreActBottleneck))
+    units += sum(len(a.pre) + len(a.trunk) + len(a.post) for a in net.attention_modules())
+    units += len(net.final)
+    return 1 + 3 * units + 1
+
+
+PAPER_DEPTHS = {  # name: (m, p, t), paper depth (section 4.1, Table 6)
+    "Attention-56": ((1, 1, 2), 56),
+    "Attention-92": ((2, 1, 2), 92),
+    "Attention-128": ((3, 1, 2), 128),
+    "Attention-164": ((4, 1, 2), 164),
+    "Attention-452": ((6, 2, 4), 452),
+}
+
+
+@_exercise("depth(m, p, t) of the CIFAR attention networks, against the paper and miniran.models", guide=False)
+def check_depth(fn):
+    """Check ``fn(m, p=1, t=2)`` against the paper's depths and layers counted in built networks."""
+    ok = True
+    for name, ((m, p, t), depth) in PAPER_DEPTHS.items():
+        good, d = _run(name, fn, m, p, t)
+        if not good or not isinstance(d, (int, np.integer)):
+            if good:
+                print(f"  {name}: expected an int, got {type(d).__name__}   WRONG")
+            ok = False
+            continue
+        verdict = "ok" if d == depth else "WRONG"
+        print(f"  {name} (m={m}, p={p}, t={t}): yours {d}, the paper's {depth}   {verdict}")
+        ok &= d == depth
+    for builder, m in ((models.attention56, 1), (models.attention92, 2)):
+        counted = count_trunk_layers(builder())
+        good, d = _run(builder.__name__, fn, m, 1, 2)
+        verdict = "ok" if good and d == counted else "WRONG"
+        print(f"  models.{builder.__name__}(): {counted} weighted layers counted in the network, yours {d}   {verdict}")
+        ok &= good and d == counted
+    return ok
+
+
+# --------------------------------------------------------------------------- the backward exercises of 01-09
+
+
+@_exercise("logsumexp: values on 3 axes, keepdims, no overflow, dtype kept")
+def check_logsumexp(fn):
+    """Check ``fn(x, axis, keepdims)`` against log(sum(exp(x))) in float64, on large inputs and in float32."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 6))
+    ok = True
+    for axis in (0, 1, -1):
+        good, out = _run(f"axis={axis}", fn, x, axis)
+        ok &= good and check(f"axis={axis}", out, np.log(np.exp(x).sum(axis=axis)))
+    good, out = _run("keepdims", lambda: fn(x, axis=1, keepdims=True))
+    ok &= good and check("axis=1, keepdims=True", out, np.log(np.exp(x).sum(axis=1, keepdims=True)))
+    big = np.array([[1000.0, 1000.0], [-1000.0, -1000.0], [0.0, -np.inf]], dtype=np.float32)
+    good, out = _run("large inputs", fn, big, 1)
+    ok &= good and check("inputs of +-1000 (float32)", out, [1000 + np.log(2), -1000 + np.log(2), 0.0], tol=1e-6)
+    if good and getattr(out, "dtype", None) != np.float32:
+        print(f"  dtype: expected float32, got {getattr(out, 'dtype', type(out).__name__)}   WRONG")
+        ok = False
+    return ok
+
+
+def _check_function(name, cls_call, reference, inputs_list, seed=0):
+    """Forward against a reference, then check_grad, for each input list."""
+    ok = True
+    for k, inputs in enumerate(inputs_list):
+        shapes = " ".join(str(np.shape(a)) for a in inputs)
+        good, out = _run(f"{name} forward {shapes}", cls_call, *[Tensor(np.asarray(a)) for a in inputs])
+        ok &= good and check(f"{name} forward {shapes}", out, reference(*[Tensor(np.asarray(a)) for a in inputs]))
+        ok &= check_grad(f"{name} {shapes}", cls_call, inputs, seed=seed + k, _reraise_unsolved=True)
+    return ok
+
+
+@_exercise("sigmoid: forward and backward on 2 shapes")
+def check_sigmoid(cls):
+    rng = np.random.default_rng(1)
+    cases = [[rng.standard_normal((3, 4)) * 3], [rng.standard_normal((2, 3, 2, 2)) * 3]]
+    return _check_function("sigmoid", lambda t: cls()(t), F.sigmoid, cases)
+
+
+@_exercise("upsampling the last axis: forward and backward, 3 sizes (shrink and grow)")
+def check_upsample(cls):
+    rng = np.random.default_rng(0)
+    ok = True
+    for n, out in ((5, 9), (4, 7), (6, 3)):
+        x = rng.standard_normal((2, 3, 2, n))
+        ref = lambda t, o=out: F.interpolate_bilinear(t, (t.shape[2], o), align_corners=True)  # noqa: E731
+        ok &= _check_function(f"{n}->{out}", lambda t, o=out: cls(o)(t), ref, [[x]])
+    return ok
+
+
+@_exercise("fusion (1 + M) * T and M * T: forward and backward, 2 shapes")
+def check_fusion(cls):
+    rng = np.random.default_rng(0)
+    ok = True
+    for residual in (True, False):
+        ref = (lambda m, t: (1 + m) * t) if residual else (lambda m, t: m * t)
+        cases = [[rng.uniform(0, 1, (2, 4, 3, 3)), rng.standard_normal((2, 4, 3, 3))],
+                 [rng.uniform(0, 1, (1, 2, 4, 2)), rng.standard_normal((1, 2, 4, 2))]]
+        ok &= _check_function("ARL" if residual else "NAL", lambda m, t, r=residual: cls(r)(m, t), ref, cases)
+    return ok
+
+
+@_exercise("channel L2 normalisation (Eq. 5) and spatial sigmoid (Eq. 6): forward and backward, 2 shapes each")
+def check_attention_activations(channel_cls, spatial_cls):
+    rng = np.random.default_rng(0)
+    ok = True
+    for name, cls, ref in (("channel L2 normalisation", channel_cls, F.channel_l2_normalize),
+                           ("spatial sigmoid", spatial_cls, F.spatial_sigmoid)):
+        cases = [[rng.standard_normal((2, 4, 3, 3)) * 2], [rng.standard_normal((1, 3, 2, 4)) * 2]]
+        try:
+            ok &= _check_function(name, lambda t, c=cls: c()(t), ref, cases)
+        except NotImplementedError:
+            print(f"  {name}: not solved yet")
+            ok = False
+    return ok
+
+
+@_exercise("softmax cross-entropy: forward and backward, 2 batch sizes")
+def check_cross_entropy(cls):
+    rng = np.random.default_rng(0)
+    ok = True
+    for n, k in ((6, 10), (3, 4)):
+        z, y = rng.standard_normal((n, k)) * 2, rng.integers(0, k, n)
+        good, out = _run(f"forward ({n}, {k})", lambda: cls()(Tensor(z), y))
+        ok &= good and check(f"forward ({n}, {k}) vs F.cross_entropy", out, F.cross_entropy(Tensor(z), y))
+        ok &= check_grad(f"logits ({n}, {k})", lambda t, lab=y: cls()(t, lab), [z], seed=n, _reraise_unsolved=True)
+    return ok
