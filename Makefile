@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # real CuPy + NVRTC + the CUDA runtime headers, no GPU or driver needed: the
 # NVRTC compile check of every kernel (tools/nvrtc_check.py) runs in it
 NVRTC_VENV ?= .venv-nvrtc
-NVRTC_PKGS := 'cupy-cuda12x==14.*' 'cuda-toolkit[nvrtc,cudart]==12.*'
+NVRTC_PKGS := 'cupy-cuda12x==14.*' 'cuda-toolkit[nvrtc,cudart]==12.*' tqdm matplotlib  # + what every miniran module imports
 
 .PHONY: demo test test-standin test-slow test-gpu gpu-check nvrtc-check bench notebooks clean
 
