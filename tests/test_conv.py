@@ -6,13 +6,15 @@ with a random upstream gradient, NumPy-vs-CuPy agreement, and optionally
 PyTorch when it happens to be installed.
 """
 
+import contextlib
 import math
 
 import numpy as np
+
 import pytest
 
 import miniran.functional as F
-from miniran import Tensor, gradcheck, nn
+from miniran import Tensor, backend, gradcheck, nn
 from miniran.functional.conv import col2im, conv_output_size, im2col
 
 
@@ -217,14 +219,22 @@ def test_gradcheck_directional_bigger(stride, padding, k, rng):
     )
 
 
+# what each CPU path keeps from its forward pass for the weight gradient
+KEPT_FOR_WEIGHT_GRAD = {"reference": "col2d", "batched": "col3", "pointwise": "x3", "winograd": "saved"}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("stride,k", [(1, 3), (2, 3), (1, 1), (2, 1)])
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_only_requested_gradients_are_computed(which, rng):
-    ts = [Tensor(a) for a in _inputs(rng, (2, 3, 6, 6), (4, 3, 3, 3), True)]
+def test_only_requested_gradients_are_computed(which, stride, k, fast, rng):
+    ts = [Tensor(a) for a in _inputs(rng, (2, 3, 6, 6), (4, 3, k, k), True)]
     ts[which].requires_grad = True
-    y = F.conv2d(*ts, padding=1)
-    # the col matrix is only kept for the weight gradient
-    assert (y.creator.col2d is not None) == (which == 1)
-    y.backward(rng.standard_normal(y.shape))
+    with contextlib.nullcontext() if fast else backend.reference_cpu_paths():
+        y = F.conv2d(*ts, stride=stride, padding=k // 2)
+        # the unfolded input is only kept for the weight gradient
+        kept = getattr(y.creator, KEPT_FOR_WEIGHT_GRAD[y.creator.path])
+        assert (kept is not None) == (which == 1)
+        y.backward(rng.standard_normal(y.shape))
     assert [t.grad is not None for t in ts] == [i == which for i in range(3)]
 
 

@@ -58,6 +58,12 @@ def backward(roots, grads, retain_graph: bool = False) -> None:
         pending[id(root)] = (root, grad if prev is None else prev[1] + grad)
         push(root.creator)
 
+    with backend.cpu_region():  # BLAS on one thread while miniran's threads work
+        _walk(heap, pending, push, retain_graph)
+
+
+def _walk(heap, pending, push, retain_graph):
+    """Pop functions newest first and run their backward (the loop of :func:`backward`)."""
     while heap:
         _, _, func = heapq.heappop(heap)
         outputs = [ref() for ref in func.outputs]

@@ -197,6 +197,42 @@ def _pad_channel_major(x_cn, ph, pw):
     return out
 
 
+def _im2col_images(x, stride, padding, col):
+    """im2col in the per-image layout: ``col[n, c, ky, kx, i, j] = xpad[n, c, i*SY + ky, j*SX + kx]``.
+
+    ``x`` (n, C, H, W), ``col`` a preallocated (n, C, KH, KW, OH, OW) array
+    (written in place). The fast CPU path calls it for a few images at a time.
+    """
+    (sy, sx), (ph, pw) = stride, padding
+    n, c, h, w = x.shape
+    _, _, kh, kw, oh, ow = col.shape
+    if ph or pw:
+        xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
+    else:
+        xpad = x
+    for ky in range(kh):
+        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
+        for kx in range(kw):
+            col[:, :, ky, kx] = xpad[:, :, rows, slice(kx, kx + (ow - 1) * sx + 1, sx)]
+
+
+def _col2im_images(col, stride, padding, out):
+    """The adjoint of :func:`_im2col_images`: fold ``col`` (n, C, KH, KW, OH, OW) into ``out`` (n, C, H, W)."""
+    (sy, sx), (ph, pw) = stride, padding
+    n, c, h, w = out.shape
+    _, _, kh, kw, oh, ow = col.shape
+    img = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype) if (ph or pw) else out
+    if img is out:
+        out[...] = 0
+    for ky in range(kh):
+        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
+        for kx in range(kw):
+            img[:, :, rows, slice(kx, kx + (ow - 1) * sx + 1, sx)] += col[:, :, ky, kx]
+    if img is not out:
+        out[...] = img[:, :, ph:ph + h, pw:pw + w]
+
+
 # --------------------------------------------------------------------------- GPU kernels
 
 
@@ -307,6 +343,13 @@ class Conv2dFunction(Function):
         self.pointwise = (kh, kw, sy, sx, ph, pw) == (1, 1, 1, 1, 0, 0)
         if xp is not np:
             return self._forward_gpu(x, w, b, oh, ow)
+        self.path = "reference"
+        if backend.fast_cpu_paths():
+            if (kh, kw, ph, pw) == (1, 1, 0, 0):
+                return self._forward_pointwise_cpu(x, w, b)
+            return self._forward_batched_cpu(x, w, b, oh, ow)
+
+        # the reference CPU path (the fast paths are tested against it)
         if self.pointwise:
             col2d = xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c, n * h * wd)
         else:
@@ -324,6 +367,10 @@ class Conv2dFunction(Function):
         xp = get_array_module(gy)
         if xp is not np:
             return self._backward_gpu(gy)
+        if self.path == "pointwise":
+            return self._backward_pointwise_cpu(gy)
+        if self.path == "batched":
+            return self._backward_batched_cpu(gy)
         n, c, h, wd = self.x_shape
         o, _, kh, kw = self.w.shape
         oh, ow = gy.shape[2:]
@@ -351,6 +398,133 @@ class Conv2dFunction(Function):
             # = gy.sum(axis=(0, 2, 3)), but summing the contiguous rows of gy2d is faster
             gb = gy2d.sum(axis=1).astype(self.dtypes[2], copy=False)
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+
+    # ------------------------------------------------------------------ fast CPU paths
+
+    def _forward_pointwise_cpu(self, x, w, b):
+        """A 1x1 kernel (any stride, no padding) as one *batched* product per image.
+
+        ``y (N, O, OH*OW) = w (O, C) @ x (N, C, OH*OW)``, the GPU layout of the
+        module docstring: no im2col, and no transposing copy before or after
+        the product (the reference path makes two), since the result is
+        already in (N, O, OH, OW) order. A stride only picks every SY-th row
+        and SX-th column first.
+        """
+        self.path = "pointwise"
+        (sy, sx) = self.stride
+        if (sy, sx) != (1, 1):
+            x = x[:, :, ::sy, ::sx]
+        x = np.ascontiguousarray(x)
+        n, c, oh, ow = x.shape
+        o = w.shape[0]
+        x3 = x.reshape(n, c, oh * ow)
+        self.x3 = x3 if self.needs_input_grad[1] else None
+        w2 = w.reshape(o, c)
+        y = np.empty((n, o, oh * ow), dtype=x.dtype)
+
+        def product(a_, b_):  # images a_:b_, on one of the CPU threads
+            np.matmul(w2, x3[a_:b_], out=y[a_:b_])  # (O, C) @ (n, C, OH*OW)
+            if b is not None:
+                y[a_:b_] += b.astype(y.dtype, copy=False)[:, None]
+        backend.parallel_chunks(n, product, y.size + x3.size, blas=True)
+        return y.reshape(n, o, oh, ow)
+
+    def _backward_pointwise_cpu(self, gy):
+        n, c, h, wd = self.x_shape
+        o = self.w.shape[0]
+        (sy, sx) = self.stride
+        oh, ow = gy.shape[2:]
+        gy3 = np.ascontiguousarray(gy.astype(self.w.dtype, copy=False)).reshape(n, o, oh * ow)
+        w2 = self.w.reshape(o, c)
+        needs = self.needs_input_grad
+        gx = gw = gb = None
+        g_sub = np.empty((n, c, oh * ow), dtype=gy3.dtype) if needs[0] else None
+
+        def products(a_, b_):  # images a_:b_: their part of gx, their sum of the weight gradient
+            if needs[0]:
+                np.matmul(w2.T, gy3[a_:b_], out=g_sub[a_:b_])  # (C, O) @ (n, O, OH*OW)
+            if needs[1]:
+                # sum over images of gy[i] @ x[i].T; as in the reference, the
+                # side with more rows goes on the left (faster in BLAS)
+                x3, g3 = self.x3[a_:b_], gy3[a_:b_]
+                if c > o:
+                    return np.matmul(x3, g3.transpose(0, 2, 1)).sum(axis=0).T  # (C, O) -> (O, C)
+                return np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0)
+            return None
+        parts = backend.parallel_chunks(n, products, gy3.size * 2 + n * c * oh * ow, blas=True)
+        if needs[0]:
+            g_sub = g_sub.reshape(n, c, oh, ow)
+            if (sy, sx) == (1, 1):
+                gx = g_sub
+            else:  # the pixels the stride skipped get no gradient
+                gx = np.zeros((n, c, h, wd), dtype=g_sub.dtype)
+                gx[:, :, ::sy, ::sx] = g_sub
+            gx = gx.astype(self.dtypes[0], copy=False)
+        if needs[1]:
+            gw = parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
+            gw = np.ascontiguousarray(gw).reshape(self.w.shape).astype(self.dtypes[1], copy=False)
+        if len(needs) == 3 and needs[2]:
+            gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+
+    def _forward_batched_cpu(self, x, w, b, oh, ow):
+        """Any other kernel: im2col in the per-image layout of the GPU path, split over threads.
+
+        Each thread unfolds its own images into ``col`` (N, C*KH*KW, OH*OW)
+        and multiplies them, ``y[i] = w (O, CKK) @ col[i]``, so the result is
+        already in (N, O, OH, OW) order and the matrix products run on all
+        cores without BLAS's own threads (see backend.parallel_chunks).
+        """
+        self.path = "batched"
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        w2 = w.reshape(o, c * kh * kw)
+        col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+        y = np.empty((n, o, oh * ow), dtype=x.dtype)
+
+        def unfold_and_multiply(a_, b_):
+            _im2col_images(x[a_:b_], self.stride, self.padding, col[a_:b_])
+            np.matmul(w2, col[a_:b_].reshape(b_ - a_, c * kh * kw, oh * ow), out=y[a_:b_])
+            if b is not None:
+                y[a_:b_] += b.astype(y.dtype, copy=False)[:, None]
+        backend.parallel_chunks(n, unfold_and_multiply, col.size + y.size, blas=True)
+        self.col3 = col.reshape(n, c * kh * kw, oh * ow) if self.needs_input_grad[1] else None
+        return y.reshape(n, o, oh, ow)
+
+    def _backward_batched_cpu(self, gy):
+        n, c, h, wd = self.x_shape
+        o, _, kh, kw = self.w.shape
+        oh, ow = gy.shape[2:]
+        ckk = c * kh * kw
+        gy3 = np.ascontiguousarray(gy.astype(self.w.dtype, copy=False)).reshape(n, o, oh * ow)
+        w2 = self.w.reshape(o, ckk)
+        needs = self.needs_input_grad
+        gx = np.empty(self.x_shape, dtype=gy3.dtype) if needs[0] else None
+
+        def products(a_, b_):  # images a_:b_: their gx, their part of the weight gradient
+            g3 = gy3[a_:b_]
+            if needs[0]:
+                gcol = np.matmul(w2.T, g3)  # (n, CKK, OH*OW)
+                _col2im_images(gcol.reshape(b_ - a_, c, kh, kw, oh, ow), self.stride, self.padding,
+                               gx[a_:b_])
+            if needs[1]:
+                col = self.col3[a_:b_]
+                if ckk > o:  # the taller matrix on the left, as in the reference
+                    return np.matmul(col, g3.transpose(0, 2, 1)).sum(axis=0).T
+                return np.matmul(g3, col.transpose(0, 2, 1)).sum(axis=0)
+            return None
+        parts = backend.parallel_chunks(n, products, gy3.size + n * ckk * oh * ow, blas=True)
+        gw = gb = None
+        if needs[0]:
+            gx = gx.astype(self.dtypes[0], copy=False)
+        if needs[1]:
+            gw = parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
+            gw = np.ascontiguousarray(gw).reshape(self.w.shape).astype(self.dtypes[1], copy=False)
+        if len(needs) == 3 and needs[2]:
+            gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+
+    # ------------------------------------------------------------------ GPU path
 
     def _forward_gpu(self, x, w, b, oh, ow):
         """The GPU scheme of the module docstring: batched products, no transposes."""
