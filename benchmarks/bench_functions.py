@@ -62,11 +62,11 @@ def default_threads() -> int:
 
 
 def set_thread_env(threads: int) -> None:
-    """Pin the BLAS/OpenMP thread count. Must run before NumPy (or torch) is imported."""
+    """Pin the BLAS/OpenMP thread count and miniran's own. Must run before NumPy (or torch) is imported."""
     if "numpy" in sys.modules:
         print("warning: numpy was imported before the thread count was set; "
               "OPENBLAS_NUM_THREADS may be ignored", file=sys.stderr)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINIRAN_NUM_THREADS"):
         os.environ[var] = str(threads)
 
 

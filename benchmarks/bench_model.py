@@ -17,12 +17,23 @@ same loss on a small batch. The ratio ``miniran time / torch time`` is the figur
 
 Timing follows ``bench_functions.py``: threads fixed before NumPy is imported
 and with ``torch.set_num_threads``, miniran and torch steps interleaved, the
-minimum over ``--repeats`` rounds.
+minimum over ``--repeats`` rounds. Each thread count runs in a fresh process
+(OpenBLAS reads its thread count once, when NumPy loads), by default 1 and the
+number of cores, so one run gives both ratios. Then, unless switched off:
+
+* **contention**: the training step again, while a second process runs a
+  matrix-product loop on as many threads; the figure is loaded time / quiet
+  time (a fair share of the cores gives 2);
+* **profile**: miniran's training step at the largest thread count, by
+  function (forward and backward wall time of every ``Function`` class, and
+  what is left outside them).
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_model.py                         # CPU, threads = cores
+    python benchmarks/bench_model.py                         # 1 and 2 threads, contention, profile
+    python benchmarks/bench_model.py --threads 2 --no-contention --no-profile
     python benchmarks/bench_model.py --threads 1 --clock cpu --repeats 5
+    python benchmarks/bench_model.py --reference             # miniran's reference code paths
     python benchmarks/bench_model.py --device gpu            # CuPy vs torch CUDA
     python benchmarks/bench_model.py --json model.json
 
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -230,26 +242,91 @@ def im2col_bytes_per_step(mr_model, batch):
     return total, biggest
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- per-function profile
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="BLAS / OpenMP / torch threads (default: the number of cores, %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the minimum is kept")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall (default) or CPU time of the process (only with --threads 1 on the CPU)")
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args(argv)
-    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
-        parser.error("--clock cpu needs --threads 1 and --device cpu")
+class FunctionProfile:
+    """Wall time spent in each miniran Function's forward and backward (the outermost call only).
+
+    Wraps ``forward`` and ``backward`` of every subclass of
+    ``miniran.autograd.Function`` for as long as the ``with`` block lasts;
+    what is left of a step's time is Python, the graph walk and the optimiser.
+    """
+
+    def __init__(self):
+        import collections
+
+        self.seconds = collections.defaultdict(float)
+        self.calls = collections.Counter()
+        self._saved = []
+        self._depth = 0
+
+    def __enter__(self):
+        from miniran.autograd import Function
+
+        def subclasses(cls):
+            for sub in cls.__subclasses__():
+                yield sub
+                yield from subclasses(sub)
+
+        for cls in set(subclasses(Function)):
+            for name in ("forward", "backward"):
+                if name in cls.__dict__:
+                    self._saved.append((cls, name, cls.__dict__[name]))
+                    setattr(cls, name, self._timed(cls.__name__, name, cls.__dict__[name]))
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, fn in self._saved:
+            setattr(cls, name, fn)
+        self._saved.clear()
+        return False
+
+    def _timed(self, cls_name, method, fn):
+        def timed(this, *args, **kwargs):
+            if self._depth:
+                return fn(this, *args, **kwargs)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(this, *args, **kwargs)
+            finally:
+                self._depth -= 1
+                key = (cls_name, method)
+                self.seconds[key] += time.perf_counter() - t0
+                self.calls[key] += 1
+        return timed
+
+
+def profile_rows(step, steps=3):
+    """Run ``step`` ``steps`` times under :class:`FunctionProfile`; rows of ms per step, biggest first."""
+    step()  # warm
+    with FunctionProfile() as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    names = sorted({k[0] for k in prof.seconds})
+    rows = []
+    for name in names:
+        fwd = prof.seconds.get((name, "forward"), 0.0) / steps
+        bwd = prof.seconds.get((name, "backward"), 0.0) / steps
+        rows.append({"function": name, "calls": prof.calls.get((name, "forward"), 0) // steps,
+                     "forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3, "share": (fwd + bwd) / total})
+    rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+    inside = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
+    rows.append({"function": "(outside functions: Python, graph walk, SGD)", "calls": 0,
+                 "forward_ms": total * 1e3 - inside, "backward_ms": 0.0,
+                 "share": 1 - inside / (total * 1e3)})
+    return total, rows
+
+
+# --------------------------------------------------------------------------- one measurement
+
+
+def measure(args):
+    """Time one configuration in this process (threads fixed before NumPy is imported); a dict."""
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-
     set_thread_env(args.threads)  # before NumPy is imported
     import numpy as np
 
@@ -272,6 +349,8 @@ def main(argv=None):
             print("torch has no CUDA device: timing miniran (CuPy) only", file=sys.stderr)
             torch = None
     info = machine_info(args.threads, args.device, torch)
+    info["miniran_cpu_threads"] = backend.cpu_threads()
+    info["fast_cpu_paths"] = not args.reference
 
     sync_mr = sync_t = None
     tdev = "cpu"
@@ -316,6 +395,16 @@ def main(argv=None):
         with miniran.no_grad():
             mr_model(x_mr)
 
+    if args.reference:  # the readable reference code of every function instead of the fast paths
+        ref = backend.reference_cpu_paths()
+
+        def wrap(fn):
+            def run():
+                with ref:
+                    fn()
+            return run
+        mr_train, mr_eval = wrap(mr_train), wrap(mr_eval)
+
     sides_train, sides_eval = [(mr_train, sync_mr)], [(mr_eval, sync_mr)]
 
     # -- torch
@@ -339,40 +428,180 @@ def main(argv=None):
         sides_train.append((t_train, sync_t))
         sides_eval.append((t_eval, sync_t))
 
-    print(f"timing {args.repeats} interleaved rounds of training steps ...", file=sys.stderr, flush=True)
+    print(f"{args.threads} thread(s): timing {args.repeats} interleaved rounds of training steps ...",
+          file=sys.stderr, flush=True)
     train = interleaved_min(sides_train, args.repeats, min_sample_s=0.0, warmup=1, clock=clock)
-    print(f"timing {args.repeats} interleaved rounds of evaluation passes ...", file=sys.stderr, flush=True)
-    evals = interleaved_min(sides_eval, args.repeats, min_sample_s=0.0, warmup=1, clock=clock)
-    info["load_average_end"] = load_average()
+    evals = None
+    if not args.train_only:
+        print(f"{args.threads} thread(s): timing {args.repeats} interleaved rounds of evaluation passes ...",
+              file=sys.stderr, flush=True)
+        evals = interleaved_min(sides_eval, args.repeats, min_sample_s=0.0, warmup=1, clock=clock)
 
     rows = []
     for what, times in (("train step (fwd + bwd + SGD)", train), ("eval forward (no graph)", evals)):
+        if times is None:
+            continue
         row = {"what": what, "miniran_s": times[0], "miniran_img_s": args.batch / times[0]}
         if torch is not None:
             row.update(torch_s=times[1], torch_img_s=args.batch / times[1], ratio=times[0] / times[1])
         rows.append(row)
+    result = {"info": info, "threads": args.threads, "rows": rows,
+              "im2col_bytes_total": col_total, "im2col_bytes_max": col_max}
+    if args.profile and args.device == "cpu":
+        print(f"{args.threads} thread(s): profiling miniran's training step by function ...",
+              file=sys.stderr, flush=True)
+        total, prof = profile_rows(mr_train)
+        result["profile"] = {"step_s": total, "rows": prof}
+    info["load_average_end"] = load_average()
+    return result
 
-    print(f"# Attention-56 (CIFAR 32x32), batch {args.batch}, {args.device}, {args.threads} thread(s)")
+
+# --------------------------------------------------------------------------- the report
+
+
+def print_result(res, batch, device, clock, repeats):
+    info = res["info"]
+    print(f"\n## Attention-56 (CIFAR 32x32), batch {batch}, {device}, {res['threads']} thread(s)"
+          + ("" if info.get("fast_cpu_paths", True) else ", reference code paths"))
     print(f"date {info['date']}; CPU {info['cpu']} ({info['cores']} cores); numpy {info['numpy']}; "
-          f"torch {info['torch']}; load average {info['load_average_start']} (start), "
-          f"{info['load_average_end']} (end); {args.clock} clock, min of {args.repeats} interleaved rounds\n")
-    if torch is not None:
+          f"torch {info['torch']}; miniran's CPU threads {info.get('miniran_cpu_threads')}; "
+          f"load average {info['load_average_start']} (start), {info['load_average_end']} (end); "
+          f"{clock} clock, min of {repeats} interleaved rounds\n")
+    with_torch = "ratio" in res["rows"][0]
+    if with_torch:
         print("| pass | miniran ms | miniran img/s | torch ms | torch img/s | ratio (time) |")
         print("| --- | --- | --- | --- | --- | --- |")
-        for r in rows:
+        for r in res["rows"]:
             print(f"| {r['what']} | {r['miniran_s'] * 1e3:.0f} | {r['miniran_img_s']:.1f} | "
                   f"{r['torch_s'] * 1e3:.0f} | {r['torch_img_s']:.1f} | {r['ratio']:.2f} |")
     else:
         print("| pass | miniran ms | miniran img/s |")
         print("| --- | --- | --- |")
-        for r in rows:
+        for r in res["rows"]:
             print(f"| {r['what']} | {r['miniran_s'] * 1e3:.0f} | {r['miniran_img_s']:.1f} |")
-    print(f"\nim2col matrices alive at the end of a training forward pass: {col_total / 2**20:.0f} MiB "
-          f"(largest {col_max / 2**20:.0f} MiB)")
+    if "profile" in res:
+        prof = res["profile"]
+        print(f"\nminiran's training step by function ({res['threads']} thread(s), "
+              f"{prof['step_s'] * 1e3:.0f} ms per step under the profiler):\n")
+        print("| function | calls | forward ms | backward ms | share of the step |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in prof["rows"]:
+            if r["forward_ms"] + r["backward_ms"] < 0.05:
+                continue
+            print(f"| {r['function']} | {r['calls'] or ''} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | "
+                  f"{100 * r['share']:.1f}% |")
+
+
+def load_process(threads):
+    """Start the competing job of the contention figure: one matrix-product loop on ``threads`` threads."""
+    import subprocess
+
+    code = ("import numpy as np\n"
+            "a = np.random.default_rng(0).standard_normal((1536, 1536)).astype(np.float32)\n"
+            "while True:\n    a @ a\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def run_child(args, threads, extra=()):
+    """Run :func:`measure` in a fresh process (the thread count must be set before NumPy loads)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--single", "--threads", str(threads),
+               "--repeats", str(args.repeats), "--batch", str(args.batch), "--clock", args.clock,
+               "--device", args.device, "--json", str(out), *extra]
+        if args.no_torch:
+            cmd.append("--no-torch")
+        if args.reference:
+            cmd.append("--reference")
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=str, default=None,
+                        help="comma-separated thread counts, one run each (default: 1 and the number of "
+                             f"cores, {default_threads()}); threads for BLAS, OpenMP, torch and miniran")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the minimum is kept")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall (default) or CPU time of the process (only with --threads 1 on the CPU)")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-contention", action="store_true",
+                        help="skip the contention figure (a training step while a two-thread "
+                             "matrix-product loop runs beside it)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-function profile")
+    parser.add_argument("--reference", action="store_true",
+                        help="time miniran's readable reference code paths instead of its fast CPU paths")
+    parser.add_argument("--json", metavar="PATH")
+    # internal: one measurement in this process
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.single:
+        args.threads = int(args.threads)
+        res = measure(args)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        return
+
+    threads = [int(t) for t in (args.threads or f"1,{default_threads()}").split(",") if t.strip()]
+    threads = sorted(set(threads))
+    if any(t < 1 for t in threads):
+        parser.error(f"--threads: thread counts must be >= 1, got {args.threads}")
+    if args.clock == "cpu" and (threads != [1] or args.device != "cpu"):
+        parser.error("--clock cpu needs --threads 1 and --device cpu")
+    results = {"runs": []}
+    for t in threads:
+        # the profile is taken at the largest thread count
+        extra = ["--profile"] if (t == threads[-1] and not args.no_profile and args.device == "cpu") else []
+        res = run_child(args, t, extra)
+        results["runs"].append(res)
+        print_result(res, args.batch, args.device, args.clock, args.repeats)
+
+    if not args.no_contention and args.device == "cpu":
+        t = threads[-1]
+        quiet = results["runs"][-1]["rows"][0]
+        print(f"\ncontention: {t}-thread training steps while a {t}-thread matrix-product loop runs ...",
+              file=sys.stderr, flush=True)
+        load = load_process(t)
+        try:
+            time.sleep(1.0)
+            loaded = run_child(args, t, ["--train-only"])
+        finally:
+            load.kill()
+            load.wait()
+        row = loaded["rows"][0]
+        cont = {"threads": t, "miniran_quiet_s": quiet["miniran_s"], "miniran_loaded_s": row["miniran_s"],
+                "miniran_factor": row["miniran_s"] / quiet["miniran_s"]}
+        if "torch_s" in row:
+            cont.update(torch_quiet_s=quiet["torch_s"], torch_loaded_s=row["torch_s"],
+                        torch_factor=row["torch_s"] / quiet["torch_s"])
+        results["contention"] = cont
+        print(f"\n## Contention: a {t}-thread training step beside a {t}-thread matrix-product loop\n")
+        print("(a fair share of the cores would make a step 2x slower)\n")
+        print("| | quiet ms | with the loop ms | factor |")
+        print("| --- | --- | --- | --- |")
+        print(f"| miniran | {cont['miniran_quiet_s'] * 1e3:.0f} | {cont['miniran_loaded_s'] * 1e3:.0f} | "
+              f"{cont['miniran_factor']:.2f} |")
+        if "torch_factor" in cont:
+            print(f"| torch | {cont['torch_quiet_s'] * 1e3:.0f} | {cont['torch_loaded_s'] * 1e3:.0f} | "
+                  f"{cont['torch_factor']:.2f} |")
+
+    run0 = results["runs"][0]
+    print(f"\nim2col matrices alive at the end of a training forward pass: "
+          f"{run0['im2col_bytes_total'] / 2**20:.0f} MiB (largest {run0['im2col_bytes_max'] / 2**20:.0f} MiB)")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"info": info, "args": vars(args), "rows": rows,
-             "im2col_bytes_total": col_total, "im2col_bytes_max": col_max}, indent=1))
+        results["args"] = vars(args)
+        Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.json}", file=sys.stderr)
 
 
