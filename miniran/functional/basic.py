@@ -31,10 +31,21 @@ def _normalize_axis(axis, ndim):
 # --------------------------------------------------------------------------- arithmetic
 
 
+def _elementwise(ufunc, a, b):
+    """``a + b`` (``np.add``) or ``a * b`` (``np.multiply``); on the CPU, big arrays of one
+    shape are split over miniran's threads by rows (the first axis)."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape and a.ndim >= 1
+            and a.dtype == b.dtype and backend.fast_cpu_paths()):
+        out = np.empty_like(a)
+        backend.parallel_chunks(a.shape[0], lambda i, j: ufunc(a[i:j], b[i:j], out=out[i:j]), a.size)
+        return out
+    return a + b if ufunc is np.add else a * b  # operators: CuPy arrays stay CuPy's
+
+
 class Add(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
-        return a + b
+        return _elementwise(np.add, a, b)
 
     def backward(self, gy):
         sa, sb = self.shapes
@@ -54,11 +65,11 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a * b
+        return _elementwise(np.multiply, a, b)
 
     def backward(self, gy):
-        ga = sum_to(gy * self.b, self.a.shape) if self.needs_input_grad[0] else None
-        gb = sum_to(gy * self.a, self.b.shape) if self.needs_input_grad[1] else None
+        ga = sum_to(_elementwise(np.multiply, gy, self.b), self.a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(_elementwise(np.multiply, gy, self.a), self.b.shape) if self.needs_input_grad[1] else None
         return ga, gb
 
 

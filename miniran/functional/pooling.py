@@ -148,10 +148,30 @@ class MaxPool2dFunction(_Pool2d):
         kh, kw = self.kernel
         if xp is not np:
             return self._forward_gpu(x)
+        track = self.needs_input_grad[0]  # inference needs no argmax
+        if backend.fast_cpu_paths():
+            # the array code below, on groups of images in miniran's CPU threads
+            n, c = x.shape[:2]
+            best = np.empty((n, c) + self.out, dtype=x.dtype)
+            arg = np.empty((n, c) + self.out, dtype=np.uint8 if kh * kw <= 256 else np.int32) if track else None
+
+            def part(a, b):
+                best[a:b], arg_ab = self._forward_arrays(x[a:b], track)
+                if track:
+                    arg[a:b] = arg_ab
+            backend.parallel_chunks(n, part, x.size)
+        else:
+            best, arg = self._forward_arrays(x, track)
+        self.arg = arg
+        return best
+
+    def _forward_arrays(self, x, track):
+        """The max and (if ``track``) the argmax offset of every window of NumPy ``x``."""
+        xp = np
+        kh, kw = self.kernel
         # padding must never win a max: fill it with -inf (every window holds
         # at least one real pixel, because padding <= kernel / 2)
         xpad = _padded(x, self.pad, self.out, self.kernel, self.stride, -np.inf)
-        track = self.needs_input_grad[0]  # inference needs no argmax
         best = _window(xpad, 0, 0, self.out, self.stride).copy()
         # arg[n, c, oh, ow] = kernel offset k = i*KW + j of the window's max
         arg = xp.zeros(best.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32) if track else None
@@ -173,8 +193,7 @@ class MaxPool2dFunction(_Pool2d):
             first_col = xp.maximum(pw - xp.arange(self.out[1]) * sw, 0)[None, :]
             first_real = (first_row * kw + first_col).astype(arg.dtype)
             xp.copyto(arg, xp.broadcast_to(first_real, arg.shape), where=(best == -np.inf) & (arg == 0))
-        self.arg = arg
-        return best
+        return best, arg
 
     def _forward_gpu(self, x):
         """One kernel: every output pixel scans its window for the max and
@@ -202,13 +221,26 @@ class MaxPool2dFunction(_Pool2d):
     def backward(self, gy):
         if get_array_module(gy) is not np:
             return self._backward_gpu(gy)
+        if backend.fast_cpu_paths():
+            # the array code below, on groups of images in miniran's CPU threads
+            n, c, h, w = self.in_shape
+            gx = np.empty(self.in_shape, dtype=gy.dtype)
+
+            def part(a, b):
+                gx[a:b] = self._backward_arrays(gy[a:b], self.arg[a:b])
+            backend.parallel_chunks(n, part, gx.size)
+            return gx
+        return self._backward_arrays(gy, self.arg)
+
+    def _backward_arrays(self, gy, arg):
+        """The input gradient of the images in NumPy ``gy``, ``arg`` their argmax offsets."""
         # Each window sends its gradient to its argmax, a scatter-add: pixels
         # shared by overlapping windows (stride < kernel) receive several.
         # We turn every argmax into a flat index into the padded input and add
         # all the gradients in one scatter (much faster than a loop of strided
         # `+=` over the kernel offsets).
-        xp = get_array_module(gy)
-        n, c = self.in_shape[:2]
+        xp = np
+        n, c = gy.shape[:2]
         hp, wp = self._padded_size()
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out
         # flat position of offset k = i*KW + j inside a window: i*Wp + j
@@ -216,7 +248,7 @@ class MaxPool2dFunction(_Pool2d):
         # flat position of every window's top-left corner: ((n*C + c)*Hp + oh*SH)*Wp + ow*SW
         corner = (xp.arange(oh) * (sh * wp))[:, None] + xp.arange(ow) * sw
         plane = (xp.arange(n * c, dtype=np.int64) * (hp * wp)).reshape(n, c, 1, 1)
-        flat = (plane + corner) + offsets[self.arg]
+        flat = (plane + corner) + offsets[arg]
         gpad = _scatter_add(flat.ravel(), gy.ravel(), n * c * hp * wp)
         # cut the padding off first: astype then copies only the real pixels
         return self._unpad(gpad.reshape(n, c, hp, wp)).astype(gy.dtype)
