@@ -220,7 +220,7 @@ def test_gradcheck_directional_bigger(stride, padding, k, rng):
 
 
 # what each CPU path keeps from its forward pass for the weight gradient
-KEPT_FOR_WEIGHT_GRAD = {"reference": "col2d", "batched": "col3", "pointwise": "x3", "winograd": "saved"}
+KEPT_FOR_WEIGHT_GRAD = {"reference": "col2d", "batched": "col3", "pointwise": "x3", "winograd": "saved"}  # winograd: its V
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
