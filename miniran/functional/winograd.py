@@ -46,11 +46,11 @@ of the 16 products reads a (C, P) block once. The backward pass has the same
 structure (below), so forward and backward both move about half the bytes.
 
 **Accuracy.** The transforms multiply only by 0, +-1 and +-1/2 (exact in
-binary floating point); the rounding comes from the few additions in them.
-At the Attention-56 shapes, float32 results differ from the float64 ones by
-2e-7 to 6e-7 of the largest value (y, gx and gw alike), the same as the
-float32 im2col path. ``tests/test_winograd.py`` checks 1e-5 there, and
-1e-12 in float64.
+binary floating point); the rounding comes from the few additions in them,
+so float32 results are as close to the exact ones as those of the float32
+im2col path (``docs/performance.md`` gives the figures;
+``tests/test_winograd.py`` checks 1e-5 of the largest value in float32 and
+1e-12 in float64).
 
 **The backward pass** is the adjoint (transpose) of each forward stage, in
 reverse order. With ``gY`` the gradient of the output:
@@ -78,11 +78,11 @@ CPU caches between passes; they live in scratch buffers reused from call to
 call (:func:`release_workspace` frees them). Only V (kept for the backward
 pass), y and the gradients are new arrays.
 
-At the Attention-56 shapes (batch 64, float32, one core), forward plus
-backward took 0.4x to 0.85x the time of the im2col path; the forward alone
-is 1.3x to 1.7x faster on 32x32 and 16x16 maps with 16 or 32 channels, and
-about as fast or slower (down to 0.8x) on the 8x8 and 4x4 maps, where the
-strided passes run in rows of only 4 or 2 tiles.
+Where it pays: forward plus backward beats im2col at every shape of
+Attention-56; the forward pass alone only on the larger maps (on 8x8 and 4x4
+maps its strided passes run over rows of 4 or 2 tiles), so
+:class:`~miniran.functional.conv.Conv2dFunction` uses im2col for a
+forward-only pass on maps under 16x16. ``docs/performance.md`` has the times.
 """
 
 from __future__ import annotations

@@ -1,0 +1,289 @@
+"""The fast CPU paths against the readable reference code they sit beside.
+
+Every function with a fast CPU path (batch norm, the convolution's pointwise,
+batched-im2col and Winograd paths, max pooling, same-shape add and multiply)
+must give the reference's numbers, forward and backward, with miniran's own
+CPU threads at work. The tests force the threads on even small arrays
+(``PARALLEL_MIN_ELEMENTS`` lowered) and use three of them, so that uneven
+splits of the batch are exercised too. Float64 gradient checks run through the
+fast paths with a random upstream gradient.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+import miniran
+import miniran.functional as F
+from miniran import Tensor, backend, gradcheck, models
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12)
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Three CPU threads, used on arrays of any size."""
+    monkeypatch.setattr(backend, "PARALLEL_MIN_ELEMENTS", 1)
+    backend.set_cpu_threads(3)
+    yield 3
+    backend.set_cpu_threads(None)
+
+
+def _run(fn, *arrays, upstream, reference):
+    """Outputs and input gradients of ``fn`` on float Tensors made from ``arrays``."""
+    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    if reference:
+        with backend.reference_cpu_paths():
+            y = fn(*ts)
+            y.backward(upstream)
+    else:
+        y = fn(*ts)
+        y.backward(upstream)
+    return [y.data] + [t.grad for t in ts]
+
+
+def _assert_close(fast, ref, rtol, what):
+    for i, (a, b) in enumerate(zip(fast, ref)):
+        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+        assert err <= rtol, f"{what}: output {i} differs from the reference by {err:.2e} (relative)"
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 6), (7, 4, 4, 4), (2, 6, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("offset", [0.5, 300.0], ids=["centred", "big-mean"])
+def test_batch_norm_fast_path_matches_reference(shape, relu, training, offset, threads, rng):
+    c = shape[1]
+    x = rng.standard_normal(shape) * 2 + offset  # big-mean: E[x^2] - E[x]^2 would cancel
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    gy = rng.standard_normal(shape)
+    if relu:  # keep pre-activations away from the ReLU's kink, where rounding flips the mask
+        gy = gy * (np.abs(rng.standard_normal(shape)) > 0.05)
+    results = []
+    for reference in (False, True):
+        rm, rv = np.full(c, offset), np.full(c, 4.0)
+        fn = F.batch_norm_relu if relu else F.batch_norm
+        out = _run(lambda t, g, b: fn(t, rm, rv, g, b, training=training), x, gamma, beta,
+                   upstream=gy, reference=reference)
+        results.append(out + [rm.copy(), rv.copy()])
+    fast, ref = results
+    if relu:  # compare where the ReLU mask agrees (both paths agree everywhere but at ties)
+        mask = (ref[0] > 1e-9) == (fast[0] > 1e-9)
+        assert mask.mean() > 0.999
+        fast[1], ref[1] = fast[1] * mask, ref[1] * mask
+        # gamma/beta gradients sum over the whole channel: compare only without flips
+        if not mask.all():
+            fast, ref = fast[:2] + fast[4:], ref[:2] + ref[4:]
+    _assert_close(fast, ref, 1e-10, f"batch norm {shape} relu={relu} training={training}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_fast_path_keeps_dtype_and_is_accurate_in_float32(dtype, threads, rng):
+    x = (rng.standard_normal((6, 5, 8, 8)) * 3 + 2).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    g, b = np.ones(5, dtype), np.zeros(5, dtype)
+    fast = _run(lambda t: F.batch_norm(t, None, None, g, b, training=True), x, upstream=gy, reference=False)
+    exact = _run(lambda t: F.batch_norm(t, None, None, g, b, training=True), x.astype(np.float64),
+                 upstream=gy.astype(np.float64), reference=True)
+    assert all(a.dtype == dtype for a in fast)
+    _assert_close(fast, exact, 1e-5 if dtype == np.float32 else 1e-12, f"batch norm {dtype.__name__}")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_fast_path_gradcheck(relu, threads, rng):
+    x = rng.standard_normal((5, 3, 4, 4)) + 1.0
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    fn = F.batch_norm_relu if relu else F.batch_norm
+    gradcheck(lambda t, g, b: fn(t, None, None, g, b, training=True), [x, gamma, beta])
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+# (x shape, w shape, stride, padding, the CPU path the fast code takes)
+CONV_CASES = [
+    ((5, 6, 8, 7), (4, 6, 1, 1), 1, 0, "pointwise"),
+    ((5, 6, 9, 8), (7, 6, 1, 1), 2, 0, "pointwise"),
+    ((5, 3, 9, 8), (4, 3, 3, 3), 2, 1, "batched"),
+    ((4, 3, 9, 9), (2, 3, 5, 5), 1, 2, "batched"),
+    ((3, 2, 6, 6), (3, 2, 1, 1), 1, 1, "batched"),
+    ((5, 4, 8, 8), (6, 4, 3, 3), 1, 1, "winograd"),
+    ((5, 3, 7, 5), (2, 3, 3, 3), 1, 0, "winograd"),
+    ((5, 3, 5, 6), (4, 3, 3, 3), 1, 2, "winograd"),
+]
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,path", CONV_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_fast_paths_match_reference(xs, ws, stride, padding, path, bias, threads, rng):
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    arrays = [x, w] + ([rng.standard_normal(ws[0])] if bias else [])
+    y_shape = F.conv2d(Tensor(x), Tensor(w), stride=stride, padding=padding).shape
+    gy = rng.standard_normal(y_shape)
+    fast = _run(lambda *t: F.conv2d(*t, stride=stride, padding=padding), *arrays, upstream=gy, reference=False)
+    ref = _run(lambda *t: F.conv2d(*t, stride=stride, padding=padding), *arrays, upstream=gy, reference=True)
+    _assert_close(fast, ref, 1e-12, f"conv {xs} * {ws}, stride {stride}, padding {padding}")
+    y = F.conv2d(*[Tensor(a, requires_grad=True) for a in arrays], stride=stride, padding=padding)
+    assert y.creator.path == path
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,path", CONV_CASES[::2])
+def test_conv_fast_paths_gradcheck(xs, ws, stride, padding, path, threads, rng):
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    gradcheck(lambda *t: F.conv2d(*t, stride=stride, padding=padding), [x, w, b])
+
+
+def test_conv_fast_paths_keep_float32(threads, rng):
+    for xs, ws, stride, padding, _ in CONV_CASES:
+        x = Tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=True)
+        w = Tensor(rng.standard_normal(ws).astype(np.float32), requires_grad=True)
+        y = F.conv2d(x, w, stride=stride, padding=padding)
+        y.backward(np.ones(y.shape, np.float32))
+        assert y.dtype == x.grad.dtype == w.grad.dtype == np.float32
+
+
+def test_forward_only_conv_on_small_maps_uses_im2col(rng):
+    # Winograd's forward alone does not pay on maps under 16x16 (see winograd.py)
+    x, w = Tensor(rng.standard_normal((2, 4, 8, 8))), Tensor(rng.standard_normal((4, 4, 3, 3)))
+    with miniran.no_grad():
+        assert F.conv2d(x, w, padding=1).creator is None  # no graph: check through the function
+    f = F.conv.Conv2dFunction((1, 1), (1, 1))
+    f.needs_input_grad = (False, False)
+    f.forward(x.data, w.data)
+    assert f.path == "batched"
+    f.forward(rng.standard_normal((2, 4, 16, 16)), w.data)
+    assert f.path == "winograd"
+
+
+# --------------------------------------------------------------------------- pooling, add, multiply
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 9, 8), (7, 2, 4, 4)])
+def test_max_pool_fast_path_matches_reference(shape, threads, rng):
+    x = np.round(rng.standard_normal(shape), 1)  # rounded: ties between window entries
+    y_shape = F.max_pool2d(Tensor(x), 3, stride=2, padding=1).shape
+    gy = rng.standard_normal(y_shape)
+    fast = _run(lambda t: F.max_pool2d(t, 3, stride=2, padding=1), x, upstream=gy, reference=False)
+    ref = _run(lambda t: F.max_pool2d(t, 3, stride=2, padding=1), x, upstream=gy, reference=True)
+    _assert_close(fast, ref, 0.0, f"max pool {shape}")
+
+
+def test_add_and_mul_fast_paths_match_reference(threads, rng):
+    a, b = rng.standard_normal((7, 3, 5, 4)), rng.standard_normal((7, 3, 5, 4))
+    gy = rng.standard_normal(a.shape)
+    for fn in (lambda s, t: s + t, lambda s, t: s * t):
+        fast = _run(fn, a, b, upstream=gy, reference=False)
+        ref = _run(fn, a, b, upstream=gy, reference=True)
+        _assert_close(fast, ref, 0.0, "add / mul")
+
+
+# --------------------------------------------------------------------------- a whole network
+
+
+def test_attention56_fast_paths_match_reference(threads, rng):
+    model = models.attention56(num_classes=10, seed=3)
+    model.astype(np.float64)  # float64: float32 rounding, amplified through 56 layers, is not the question
+    x = rng.standard_normal((4, 3, 32, 32))
+    y = rng.integers(0, 10, 4)
+    results = []
+    for reference in (False, True):
+        model.zero_grad()
+        if reference:
+            with backend.reference_cpu_paths():
+                loss = F.cross_entropy(model(Tensor(x)), y)
+                loss.backward()
+        else:
+            loss = F.cross_entropy(model(Tensor(x)), y)
+            loss.backward()
+        results.append([loss.data] + [p.grad.copy() for p in model.parameters()])
+    fast, ref = results
+    for i, (a, b) in enumerate(zip(fast, ref)):
+        scale = max(np.abs(b).max(), 1e-12)
+        assert np.abs(a - b).max() <= 1e-8 * scale, f"parameter {i}: fast and reference gradients differ"
+
+
+# --------------------------------------------------------------------------- the thread pool
+
+
+def test_parallel_chunks_covers_the_range_in_order(threads):
+    seen = []
+    lock = threading.Lock()
+
+    def work(a, b):
+        with lock:
+            seen.append((a, b))
+        return list(range(a, b))
+
+    parts = backend.parallel_chunks(11, work, elements=10**6)
+    assert [i for part in parts for i in part] == list(range(11))
+    assert len(parts) == 6  # twice as many pieces as threads
+    assert sorted(seen) == sorted({(p[0], p[-1] + 1) for p in parts})
+
+
+def test_parallel_chunks_runs_small_jobs_inline(monkeypatch):
+    backend.set_cpu_threads(4)
+    try:
+        assert backend.parallel_chunks(8, lambda a, b: (a, b), elements=10) == [(0, 8)]
+    finally:
+        backend.set_cpu_threads(None)
+
+
+def test_parallel_chunks_passes_errors_on_and_restores_blas(threads):
+    before = backend.blas_threads()
+
+    def work(a, b):
+        if a > 0:
+            raise RuntimeError("piece failed")
+        return a
+
+    with pytest.raises(RuntimeError, match="piece failed"):
+        backend.parallel_chunks(6, work, elements=10**6, blas=True)
+    assert backend.blas_threads() == before
+
+
+def test_cpu_region_holds_blas_at_one_thread_and_gives_it_back(threads):
+    before = backend.blas_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS miniran can drive")
+    with backend.cpu_region():
+        assert backend.blas_threads() == 1
+        with backend.cpu_region():  # nested: nothing changes
+            assert backend.blas_threads() == 1
+        assert backend.blas_threads() == 1
+    assert backend.blas_threads() == before
+
+
+def test_cpu_threads_from_the_environment(monkeypatch):
+    for var in ("MINIRAN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    backend.set_cpu_threads(None)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert backend.cpu_threads() == 3
+        backend.set_cpu_threads(None)
+        monkeypatch.setenv("MINIRAN_NUM_THREADS", "2")  # miniran's own setting comes first
+        assert backend.cpu_threads() == 2
+        backend.set_cpu_threads(None)
+        monkeypatch.setenv("MINIRAN_NUM_THREADS", "two")
+        with pytest.raises(ValueError, match="MINIRAN_NUM_THREADS must be a positive integer"):
+            backend.cpu_threads()
+    finally:
+        monkeypatch.delenv("MINIRAN_NUM_THREADS", raising=False)
+        backend.set_cpu_threads(None)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_cpu_threads_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="set_cpu_threads: n must be a positive integer"):
+        backend.set_cpu_threads(bad)
+
+
+def test_available_cores_is_at_least_one():
+    assert 1 <= backend.available_cores() <= (__import__("os").cpu_count() or 1)
