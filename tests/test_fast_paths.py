@@ -114,9 +114,10 @@ CONV_CASES = [
     ((5, 3, 9, 8), (4, 3, 3, 3), 2, 1, "batched"),
     ((4, 3, 9, 9), (2, 3, 5, 5), 1, 2, "batched"),
     ((3, 2, 6, 6), (3, 2, 1, 1), 1, 1, "batched"),
-    ((5, 4, 8, 8), (6, 4, 3, 3), 1, 1, "winograd"),
-    ((5, 3, 7, 5), (2, 3, 3, 3), 1, 0, "winograd"),
-    ((5, 3, 5, 6), (4, 3, 3, 3), 1, 2, "winograd"),
+    ((5, 4, 16, 16), (6, 4, 3, 3), 1, 1, "winograd"),  # Winograd from 16x16 outputs on
+    ((3, 3, 20, 18), (2, 3, 3, 3), 1, 0, "winograd"),
+    ((3, 3, 15, 16), (4, 3, 3, 3), 1, 2, "winograd"),
+    ((5, 4, 8, 8), (6, 4, 3, 3), 1, 1, "batched"),
 ]
 
 
@@ -149,17 +150,21 @@ def test_conv_fast_paths_keep_float32(threads, rng):
         assert y.dtype == x.grad.dtype == w.grad.dtype == np.float32
 
 
-def test_forward_only_conv_on_small_maps_uses_im2col(rng):
-    # Winograd's forward alone does not pay on maps under 16x16 (see winograd.py)
-    x, w = Tensor(rng.standard_normal((2, 4, 8, 8))), Tensor(rng.standard_normal((4, 4, 3, 3)))
-    with miniran.no_grad():
-        assert F.conv2d(x, w, padding=1).creator is None  # no graph: check through the function
-    f = F.conv.Conv2dFunction((1, 1), (1, 1))
-    f.needs_input_grad = (False, False)
-    f.forward(x.data, w.data)
-    assert f.path == "batched"
-    f.forward(rng.standard_normal((2, 4, 16, 16)), w.data)
-    assert f.path == "winograd"
+@pytest.mark.parametrize("threads_, needs_grad, size, path", [
+    (2, True, 8, "batched"), (2, False, 8, "batched"), (2, True, 16, "winograd"), (2, False, 16, "winograd"),
+    (1, True, 8, "winograd"), (1, False, 8, "batched"), (1, False, 16, "winograd"),
+])
+def test_which_3x3_path_is_taken(threads_, needs_grad, size, path, rng):
+    # Winograd's many small passes do not pay on maps under 16x16, except for
+    # forward + backward on one thread (see Conv2dFunction.forward)
+    backend.set_cpu_threads(threads_)
+    try:
+        f = F.conv.Conv2dFunction((1, 1), (1, 1))
+        f.needs_input_grad = (needs_grad, needs_grad)
+        f.forward(rng.standard_normal((2, 4, size, size)), rng.standard_normal((4, 4, 3, 3)))
+        assert f.path == path
+    finally:
+        backend.set_cpu_threads(None)
 
 
 # --------------------------------------------------------------------------- pooling, add, multiply

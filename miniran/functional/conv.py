@@ -198,6 +198,11 @@ def _pad_channel_major(x_cn, ph, pw):
     return out
 
 
+def conv_out_hw(x_shape, w_shape, stride, padding):
+    """(OH, OW) of a convolution of an (N, C, H, W) input with (O, C, KH, KW) kernels."""
+    return tuple(conv_output_size(x_shape[2 + d], w_shape[2 + d], stride[d], padding[d]) for d in range(2))
+
+
 def _im2col_images(x, stride, padding, col):
     """im2col in the per-image layout: ``col[n, c, ky, kx, i, j] = xpad[n, c, i*SY + ky, j*SX + kx]``.
 
@@ -349,10 +354,12 @@ class Conv2dFunction(Function):
             if (kh, kw, ph, pw) == (1, 1, 0, 0):
                 return self._forward_pointwise_cpu(x, w, b)
             # Winograd: fewer multiplies and less memory traffic for 3x3, stride 1.
-            # Forward-only on small maps it does not pay (its strided passes run
-            # over rows of 2-4 tiles): im2col there.
+            # On maps under 16x16 its passes run over rows of 2-4 tiles, many
+            # small NumPy calls: the forward alone does not pay, and the
+            # threads spend their time waiting for each other (the GIL), so
+            # there im2col is faster unless one thread does forward + backward.
             if winograd.winograd_supported(x.shape, w.shape, self.stride, self.padding) and (
-                    any(self.needs_input_grad) or oh * ow >= 256):
+                    oh * ow >= 256 or (backend.cpu_threads() == 1 and any(self.needs_input_grad))):
                 return self._forward_winograd_cpu(x, w, b)
             return self._forward_batched_cpu(x, w, b, oh, ow)
 
@@ -484,17 +491,17 @@ class Conv2dFunction(Function):
         the weight gradient only.
         """
         self.path = "winograd"
-        n = x.shape[0]
+        n, o = x.shape[0], w.shape[0]
         keep = bool(self.needs_input_grad[1])
+        y = np.empty((n, o) + conv_out_hw(x.shape, w.shape, self.stride, self.padding), dtype=x.dtype)
 
         def part(a_, b_):
-            y_ab, saved = winograd.conv3x3_winograd_forward(x[a_:b_], w, self.padding, keep=keep)
-            return a_, b_, y_ab, saved
+            _, saved = winograd.conv3x3_winograd_forward(x[a_:b_], w, self.padding, keep=keep, out=y[a_:b_])
+            if b is not None:
+                y[a_:b_] += b.astype(y.dtype, copy=False)[:, None, None]
+            return a_, b_, saved
         pieces = backend.parallel_chunks(n, part, x.size * 4, blas=True)
-        y = pieces[0][2] if len(pieces) == 1 else np.concatenate([p[2] for p in pieces])
-        if b is not None:
-            y += b.astype(y.dtype, copy=False)[:, None, None]
-        self.pieces = [(a_, b_, saved) for a_, b_, _, saved in pieces] if any(self.needs_input_grad) else None
+        self.pieces = pieces if any(self.needs_input_grad) else None
         self.saved = self.pieces if keep else None  # what the weight gradient needs (V)
         return y
 
@@ -506,10 +513,9 @@ class Conv2dFunction(Function):
         def part(i, j):  # pieces i:j of the forward pass
             gw_sum = None
             for a_, b_, saved in self.pieces[i:j]:
-                gx_ab, gw_ab = winograd.conv3x3_winograd_backward(saved, gy[a_:b_], need_gx=needs[0],
-                                                                  need_gw=needs[1])
-                if needs[0]:
-                    gx[a_:b_] = gx_ab
+                _, gw_ab = winograd.conv3x3_winograd_backward(saved, gy[a_:b_], need_gx=needs[0],
+                                                              need_gw=needs[1],
+                                                              gx_out=gx[a_:b_] if needs[0] else None)
                 if needs[1]:
                     gw_sum = gw_ab if gw_sum is None else gw_sum + gw_ab
             return gw_sum

@@ -205,7 +205,7 @@ def winograd_supported(x_shape, w_shape, stride, padding) -> bool:
     return x_shape[2] + 2 * ph >= 3 and x_shape[3] + 2 * pw >= 3
 
 
-def conv3x3_winograd_forward(x, w, padding, keep=True):
+def conv3x3_winograd_forward(x, w, padding, keep=True, out=None):
     """y = conv2d(x, w, stride=1, padding=padding) for a 3x3 kernel, by Winograd F(2x2, 3x3).
 
     Args:
@@ -215,6 +215,8 @@ def conv3x3_winograd_forward(x, w, padding, keep=True):
         keep: keep the transformed input V in ``saved``. V is needed for the
             weight gradient and costs about 4x the input's memory; without
             it only the input gradient can be computed.
+        out: optional (N, O, OH, OW) array of the result's dtype to write y
+            into (e.g. a slice of a bigger batch's output).
 
     Returns:
         ``(y, saved)``: y of shape (N, O, OH, OW), contiguous, in the common
@@ -243,7 +245,10 @@ def conv3x3_winograd_forward(x, w, padding, keep=True):
     U = _kernel_transform(w)                       # (16, O, C)
     # (16, C, P), P = N*TH*(TW+1); without keep, only a chunk at a time in scratch
     V = np.empty((16, c, n * tiles), dtype=dtype) if keep else None
-    y = np.empty((n, o, oh, ow), dtype=dtype)
+    if out is not None and (tuple(out.shape) != (n, o, oh, ow) or out.dtype != dtype):
+        raise ValueError(f"conv3x3_winograd_forward: out must be a {dtype} array of shape "
+                         f"{(n, o, oh, ow)}, got {out.dtype} {tuple(out.shape)}")
+    y = np.empty((n, o, oh, ow), dtype=dtype) if out is None else out
     for n0, n1 in _image_chunks(n, 16 * max(c, o) * tiles * y.itemsize):
         if keep:
             V_part = V[:, :, n0 * tiles:n1 * tiles]
@@ -256,7 +261,7 @@ def conv3x3_winograd_forward(x, w, padding, keep=True):
     return y, saved
 
 
-def conv3x3_winograd_backward(saved, gy, need_gx=True, need_gw=True):
+def conv3x3_winograd_backward(saved, gy, need_gx=True, need_gw=True, gx_out=None):
     """Gradients of :func:`conv3x3_winograd_forward`, given the output gradient ``gy``.
 
     Args:
@@ -264,6 +269,7 @@ def conv3x3_winograd_backward(saved, gy, need_gx=True, need_gw=True):
         gy: d(loss)/dy, shape (N, O, OH, OW).
         need_gx: compute d(loss)/dx.
         need_gw: compute d(loss)/dw (needs ``keep=True`` in the forward pass).
+        gx_out: optional (N, C, H, W) array of x's dtype to write gx into.
 
     Returns:
         ``(gx, gw)``: gx of shape (N, C, H, W) in x's dtype, gw of shape
@@ -286,7 +292,11 @@ def conv3x3_winograd_backward(saved, gy, need_gx=True, need_gw=True):
     U_t = np.ascontiguousarray((U * sign).transpose(0, 2, 1))    # (16, C, O), the signs put on U
     gw = None
     gU = np.zeros((16, o, c), dtype=U.dtype) if need_gw else None
-    gx = np.empty((n, c, h, wd), dtype=U.dtype) if need_gx else None
+    if gx_out is not None and (tuple(gx_out.shape) != (n, c, h, wd) or gx_out.dtype != saved.x_dtype):
+        raise ValueError(f"conv3x3_winograd_backward: gx_out must be a {saved.x_dtype} array of shape "
+                         f"{(n, c, h, wd)}, got {gx_out.dtype} {tuple(gx_out.shape)}")
+    direct = gx_out is not None and gx_out.dtype == U.dtype
+    gx = (gx_out if direct else np.empty((n, c, h, wd), dtype=U.dtype)) if need_gx else None
     for n0, n1 in _image_chunks(n, 16 * max(c, o) * tiles * U.itemsize):
         # gM' = A' gY A'^T = diag(s) gM diag(s): the sign trick of _SIGN16
         gM = _scratch("M", (16, o, (n1 - n0) * tiles), U.dtype)
@@ -302,6 +312,9 @@ def conv3x3_winograd_backward(saved, gy, need_gx=True, need_gw=True):
         gw = _kernel_transform_adjoint(gU).astype(saved.w_dtype, copy=False)
     if need_gx:
         gx = gx.astype(saved.x_dtype, copy=False)
+        if gx_out is not None and not direct:
+            gx_out[...] = gx
+            gx = gx_out
     return gx, gw
 
 
