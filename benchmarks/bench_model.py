@@ -349,7 +349,8 @@ def measure(args):
             print("torch has no CUDA device: timing miniran (CuPy) only", file=sys.stderr)
             torch = None
     info = machine_info(args.threads, args.device, torch)
-    info["miniran_cpu_threads"] = backend.cpu_threads()
+    # (getattr: the script also times checkouts from before miniran had its own CPU threads)
+    info["miniran_cpu_threads"] = getattr(backend, "cpu_threads", lambda: 1)()
     info["fast_cpu_paths"] = not args.reference
 
     sync_mr = sync_t = None
