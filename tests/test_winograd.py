@@ -271,3 +271,26 @@ def test_winograd_supported():
     assert not winograd_supported(x, w3, 1, -1)
     with pytest.raises(ValueError, match="3x3"):
         conv3x3_winograd_forward(np.zeros((1, 2, 5, 5)), np.zeros((2, 2, 5, 5)), 2)
+
+
+def test_out_and_gx_out_write_into_given_arrays():
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((4, 3, 6, 5)), rng.standard_normal((2, 3, 3, 3))
+    gy = rng.standard_normal((4, 2, 6, 5))
+    y_ref, saved_ref = conv3x3_winograd_forward(x, w, 1)
+    gx_ref, gw_ref = conv3x3_winograd_backward(saved_ref, gy)
+    big = np.full((6, 2, 6, 5), np.nan)  # write into images 1..4 of a bigger batch
+    y, saved = conv3x3_winograd_forward(x, w, 1, out=big[1:5])
+    assert y.base is big and np.array_equal(big[1:5], y_ref) and np.isnan(big[[0, 5]]).all()
+    gx_big = np.full((6, 3, 6, 5), np.nan)
+    gx, gw = conv3x3_winograd_backward(saved, gy, gx_out=gx_big[1:5])
+    assert np.array_equal(gx_big[1:5], gx_ref) and np.array_equal(gw, gw_ref)
+    # float32 gx_out for a float64 computation: converted on the way out
+    gx32 = np.empty((4, 3, 6, 5), np.float32)
+    saved32 = conv3x3_winograd_forward(x.astype(np.float32), w, 1)[1]
+    conv3x3_winograd_backward(saved32, gy, gx_out=gx32)
+    assert np.allclose(gx32, gx_ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out must be a float64 array of shape"):
+        conv3x3_winograd_forward(x, w, 1, out=np.empty((4, 2, 5, 5)))
+    with pytest.raises(ValueError, match="gx_out must be a float64 array of shape"):
+        conv3x3_winograd_backward(saved, gy, gx_out=np.empty((4, 3, 6, 5), np.float32))
