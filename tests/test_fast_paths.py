@@ -114,10 +114,11 @@ CONV_CASES = [
     ((5, 3, 9, 8), (4, 3, 3, 3), 2, 1, "batched"),
     ((4, 3, 9, 9), (2, 3, 5, 5), 1, 2, "batched"),
     ((3, 2, 6, 6), (3, 2, 1, 1), 1, 1, "batched"),
-    ((5, 4, 16, 16), (6, 4, 3, 3), 1, 1, "winograd"),  # Winograd from 16x16 outputs on
-    ((3, 3, 20, 18), (2, 3, 3, 3), 1, 0, "winograd"),
-    ((3, 3, 15, 16), (4, 3, 3, 3), 1, 2, "winograd"),
-    ((5, 4, 8, 8), (6, 4, 3, 3), 1, 1, "batched"),
+    ((5, 8, 16, 16), (6, 8, 3, 3), 1, 1, "winograd"),  # Winograd from 16x16 outputs and 8 channels on
+    ((3, 9, 20, 18), (2, 9, 3, 3), 1, 0, "winograd"),
+    ((3, 8, 15, 16), (4, 8, 3, 3), 1, 2, "winograd"),
+    ((5, 8, 8, 8), (6, 8, 3, 3), 1, 1, "batched"),
+    ((3, 3, 16, 16), (4, 3, 3, 3), 1, 1, "batched"),
 ]
 
 
@@ -161,8 +162,11 @@ def test_which_3x3_path_is_taken(threads_, needs_grad, size, path, rng):
     try:
         f = F.conv.Conv2dFunction((1, 1), (1, 1))
         f.needs_input_grad = (needs_grad, needs_grad)
-        f.forward(rng.standard_normal((2, 4, size, size)), rng.standard_normal((4, 4, 3, 3)))
+        f.forward(rng.standard_normal((2, 8, size, size)), rng.standard_normal((4, 8, 3, 3)))
         assert f.path == path
+        # an RGB stem (3 input channels) always unfolds with im2col
+        f.forward(rng.standard_normal((2, 3, size, size)), rng.standard_normal((4, 3, 3, 3)))
+        assert f.path == "batched"
     finally:
         backend.set_cpu_threads(None)
 

@@ -358,7 +358,9 @@ class Conv2dFunction(Function):
             # small NumPy calls: the forward alone does not pay, and the
             # threads spend their time waiting for each other (the GIL), so
             # there im2col is faster unless one thread does forward + backward.
-            if winograd.winograd_supported(x.shape, w.shape, self.stride, self.padding) and (
+            # With few input channels (the 3 of an RGB stem) im2col's col is
+            # small and the output transforms would dominate: im2col again.
+            if winograd.winograd_supported(x.shape, w.shape, self.stride, self.padding) and c >= 8 and (
                     oh * ow >= 256 or (backend.cpu_threads() == 1 and any(self.needs_input_grad))):
                 return self._forward_winograd_cpu(x, w, b)
             return self._forward_batched_cpu(x, w, b, oh, ow)
