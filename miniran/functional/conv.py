@@ -198,6 +198,19 @@ def _pad_channel_major(x_cn, ph, pw):
     return out
 
 
+def _weight_grad_of_images(unfolded, g3):
+    """``sum over i of g3[i] @ unfolded[i].T`` (O, K): one group of images' part of the weight gradient.
+
+    ``unfolded`` (n, K, L) is the input as the product saw it (x itself for a
+    1x1 kernel, im2col's col otherwise), ``g3`` (n, O, L) the output gradient.
+    As in the reference, the side with more rows goes on the left of the
+    products (faster in BLAS), then the (K, O) result is transposed back.
+    """
+    if unfolded.shape[1] > g3.shape[1]:
+        return np.matmul(unfolded, g3.transpose(0, 2, 1)).sum(axis=0).T
+    return np.matmul(g3, unfolded.transpose(0, 2, 1)).sum(axis=0)
+
+
 def conv_out_hw(x_shape, w_shape, stride, padding):
     """(OH, OW) of a convolution of an (N, C, H, W) input with (O, C, KH, KW) kernels."""
     return tuple(conv_output_size(x_shape[2 + d], w_shape[2 + d], stride[d], padding[d]) for d in range(2))
@@ -461,14 +474,7 @@ class Conv2dFunction(Function):
         def products(a_, b_):  # images a_:b_: their part of gx, their sum of the weight gradient
             if needs[0]:
                 np.matmul(w2.T, gy3[a_:b_], out=g_sub[a_:b_])  # (C, O) @ (n, O, OH*OW)
-            if needs[1]:
-                # sum over images of gy[i] @ x[i].T; as in the reference, the
-                # side with more rows goes on the left (faster in BLAS)
-                x3, g3 = self.x3[a_:b_], gy3[a_:b_]
-                if c > o:
-                    return np.matmul(x3, g3.transpose(0, 2, 1)).sum(axis=0).T  # (C, O) -> (O, C)
-                return np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0)
-            return None
+            return _weight_grad_of_images(self.x3[a_:b_], gy3[a_:b_]) if needs[1] else None
         parts = backend.parallel_chunks(n, products, gy3.size * 2 + n * c * oh * ow, blas=True)
         if needs[0]:
             g_sub = g_sub.reshape(n, c, oh, ow)
@@ -478,6 +484,12 @@ class Conv2dFunction(Function):
                 gx = np.zeros((n, c, h, wd), dtype=g_sub.dtype)
                 gx[:, :, ::sy, ::sx] = g_sub
             gx = gx.astype(self.dtypes[0], copy=False)
+        return self._with_weight_and_bias_grads(gx, parts, gy3)
+
+    def _with_weight_and_bias_grads(self, gx, parts, gy3):
+        """(gx, gw[, gb]) of a fast CPU path: gw summed over the groups' ``parts``, gb from gy3 (N, O, L)."""
+        needs = self.needs_input_grad
+        gw = gb = None
         if needs[1]:
             gw = parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
             gw = np.ascontiguousarray(gw).reshape(self.w.shape).astype(self.dtypes[1], copy=False)
@@ -522,13 +534,7 @@ class Conv2dFunction(Function):
                     gw_sum = gw_ab if gw_sum is None else gw_sum + gw_ab
             return gw_sum
         parts = backend.parallel_chunks(len(self.pieces), part, gy.size * 4 * len(self.pieces), blas=True)
-        gw = gb = None
-        if needs[1]:
-            gw = parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
-            gw = gw.astype(self.dtypes[1], copy=False)
-        if len(needs) == 3 and needs[2]:
-            gb = gy.sum(axis=(0, 2, 3)).astype(self.dtypes[2], copy=False)
-        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+        return self._with_weight_and_bias_grads(gx, parts, gy.reshape(gy.shape[0], gy.shape[1], -1))
 
     def _forward_batched_cpu(self, x, w, b, oh, ow):
         """Any other kernel: im2col in the per-image layout of the GPU path, split over threads.
@@ -570,22 +576,11 @@ class Conv2dFunction(Function):
                 gcol = np.matmul(w2.T, g3)  # (n, CKK, OH*OW)
                 _col2im_images(gcol.reshape(b_ - a_, c, kh, kw, oh, ow), self.stride, self.padding,
                                gx[a_:b_])
-            if needs[1]:
-                col = self.col3[a_:b_]
-                if ckk > o:  # the taller matrix on the left, as in the reference
-                    return np.matmul(col, g3.transpose(0, 2, 1)).sum(axis=0).T
-                return np.matmul(g3, col.transpose(0, 2, 1)).sum(axis=0)
-            return None
+            return _weight_grad_of_images(self.col3[a_:b_], g3) if needs[1] else None
         parts = backend.parallel_chunks(n, products, gy3.size + n * ckk * oh * ow, blas=True)
-        gw = gb = None
         if needs[0]:
             gx = gx.astype(self.dtypes[0], copy=False)
-        if needs[1]:
-            gw = parts[0] if len(parts) == 1 else np.sum(parts, axis=0)
-            gw = np.ascontiguousarray(gw).reshape(self.w.shape).astype(self.dtypes[1], copy=False)
-        if len(needs) == 3 and needs[2]:
-            gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)
-        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+        return self._with_weight_and_bias_grads(gx, parts, gy3)
 
     # ------------------------------------------------------------------ GPU path
 
