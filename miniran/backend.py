@@ -268,12 +268,21 @@ def available_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    quota = period = None
     try:  # cgroup v2: "max 100000" or "<quota> <period>"
         with open("/sys/fs/cgroup/cpu.max") as f:
             quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
     except (OSError, ValueError):
+        try:  # cgroup v1: a quota of -1 means none
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, \
+                    open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except OSError:
+            pass
+    try:
+        if quota not in (None, "max", "-1") and int(period) > 0 and int(quota) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except ValueError:
         pass
     return max(1, cores)
 

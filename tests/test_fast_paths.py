@@ -296,3 +296,31 @@ def test_set_cpu_threads_refuses_bad_values(bad):
 
 def test_available_cores_is_at_least_one():
     assert 1 <= backend.available_cores() <= (__import__("os").cpu_count() or 1)
+
+
+@pytest.mark.parametrize("v2,v1,expected", [
+    ("150000 100000", None, 2), ("max 100000", None, 4), ("50000 100000", None, 1),
+    (None, ("250000", "100000"), 3), (None, ("-1", "100000"), 4),
+])
+def test_available_cores_follows_a_cgroup_quota(v2, v1, expected, monkeypatch):
+    import builtins
+    import os
+
+    files = {}
+    if v2 is not None:
+        files["/sys/fs/cgroup/cpu.max"] = v2
+    if v1 is not None:
+        files["/sys/fs/cgroup/cpu/cpu.cfs_quota_us"], files["/sys/fs/cgroup/cpu/cpu.cfs_period_us"] = v1
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path).startswith("/sys/fs/cgroup"):
+            if path not in files:
+                raise FileNotFoundError(path)
+            import io
+            return io.StringIO(files[path])
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert backend.available_cores() == expected
