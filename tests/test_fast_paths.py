@@ -152,12 +152,13 @@ def test_conv_fast_paths_keep_float32(threads, rng):
 
 
 @pytest.mark.parametrize("threads_, needs_grad, size, path", [
-    (2, True, 8, "batched"), (2, False, 8, "batched"), (2, True, 16, "winograd"), (2, False, 16, "winograd"),
+    (2, True, 8, "batched"), (2, False, 8, "batched"), (2, True, 16, "winograd"), (2, False, 16, "batched"),
     (1, True, 8, "winograd"), (1, False, 8, "batched"), (1, False, 16, "winograd"),
 ])
 def test_which_3x3_path_is_taken(threads_, needs_grad, size, path, rng):
     # Winograd's many small passes do not pay on maps under 16x16, except for
-    # forward + backward on one thread (see Conv2dFunction.forward)
+    # forward + backward on one thread, nor for a forward pass alone on several
+    # threads (see Conv2dFunction._winograd_pays)
     backend.set_cpu_threads(threads_)
     try:
         f = F.conv.Conv2dFunction((1, 1), (1, 1))

@@ -366,15 +366,7 @@ class Conv2dFunction(Function):
         if backend.fast_cpu_paths():
             if (kh, kw, ph, pw) == (1, 1, 0, 0):
                 return self._forward_pointwise_cpu(x, w, b)
-            # Winograd: fewer multiplies and less memory traffic for 3x3, stride 1.
-            # On maps under 16x16 its passes run over rows of 2-4 tiles, many
-            # small NumPy calls: the forward alone does not pay, and the
-            # threads spend their time waiting for each other (the GIL), so
-            # there im2col is faster unless one thread does forward + backward.
-            # With few input channels (the 3 of an RGB stem) im2col's col is
-            # small and the output transforms would dominate: im2col again.
-            if winograd.winograd_supported(x.shape, w.shape, self.stride, self.padding) and c >= 8 and (
-                    oh * ow >= 256 or (backend.cpu_threads() == 1 and any(self.needs_input_grad))):
+            if self._winograd_pays(x.shape, w.shape, oh, ow):
                 return self._forward_winograd_cpu(x, w, b)
             return self._forward_batched_cpu(x, w, b, oh, ow)
 
@@ -431,6 +423,25 @@ class Conv2dFunction(Function):
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
     # ------------------------------------------------------------------ fast CPU paths
+
+    def _winograd_pays(self, x_shape, w_shape, oh, ow):
+        """Whether Winograd beats im2col here (measured; docs/performance.md has the figures).
+
+        Winograd does fewer multiplies and moves fewer bytes, but as many small
+        NumPy calls, which on several threads wait for each other (the GIL):
+        on one thread it wins for forward + backward at every map size and for
+        the forward alone from 16x16 maps on; on several threads only for
+        forward + backward on maps of 16x16 and up (its backward is what
+        gains), never for a forward pass alone. With few input channels (the 3
+        of an RGB stem) im2col's col is small and Winograd's output
+        transforms dominate: im2col there.
+        """
+        if x_shape[1] < 8 or not winograd.winograd_supported(x_shape, w_shape, self.stride, self.padding):
+            return False
+        training = any(self.needs_input_grad)
+        if backend.cpu_threads() == 1:
+            return training or oh * ow >= 256
+        return training and oh * ow >= 256
 
     def _forward_pointwise_cpu(self, x, w, b):
         """A 1x1 kernel (any stride, no padding) as one *batched* product per image.
