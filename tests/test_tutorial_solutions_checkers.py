@@ -1,6 +1,6 @@
 """The exercise checkers of ``tutorials/checks.py``: every solution passes, and wrong answers fail.
 
-For each derivation exercise (im2col/col2im in 03, overlapping max pooling in
+For each derivation exercise (im2col/col2im and the convolution layer in 03, overlapping max pooling in
 04, the depth count in 05, the attention module's forward in 07, the backward
 of sigmoid(batch norm) in 10) the solution in ``tutorials/solutions/`` must
 pass its checker, and deliberately wrong answers, the mistakes a learner
@@ -23,9 +23,11 @@ TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 sys.path.insert(0, str(TUTORIALS))
 
 import checks  # noqa: E402
+from solutions.nb03_convolution import Conv2dSolution  # noqa: E402
 from solutions.nb03_im2col import col2im, im2col, output_size  # noqa: E402
 from solutions.nb04_overlapping_pool import MaxPool3x3s2Solution  # noqa: E402
 from solutions.nb05_depth import depth  # noqa: E402
+from solutions.nb05_residual import ReLUSolution, ResidualAddSolution  # noqa: E402
 from solutions.nb07_attention_forward import attention_forward, mask_forward  # noqa: E402
 from solutions.nb10_bn_sigmoid import BNSigmoidSolution  # noqa: E402
 
@@ -140,6 +142,77 @@ def test_wrong_col2im_fails(wrong, capsys):
     assert "WRONG" in out and "Traceback" not in out
 
 
+# --------------------------------------------------------------------------- 03: the convolution layer
+
+
+def test_conv_solution_passes():
+    assert checks.check_conv(Conv2dSolution)
+
+
+class _ConvNoBias(Conv2dSolution):
+    """Forgets the bias in the forward pass (and so its gradient is still computed)."""
+
+    def forward(self, x, w, b):
+        return super().forward(x, w, np.zeros_like(b))
+
+
+class _ConvGyNotTransposed(Conv2dSolution):
+    """Lays gy out as (O, P) by a plain reshape, mixing images and channels (right only for N = 1)."""
+
+    def backward(self, gy):
+        gx, gw, gb = super().backward(gy)
+        o = self.w.shape[0]
+        gy2d = gy.reshape(o, -1)
+        return gx, (gy2d @ self.col2d.T).reshape(self.w.shape), gb
+
+
+class _ConvGxAssigns(Conv2dSolution):
+    """Folds the column gradient back with '=' instead of '+=': overlapping windows overwrite each other."""
+
+    def backward(self, gy):
+        _, gw, gb = super().backward(gy)
+        o, _, k, _ = self.w.shape
+        gcol = self.w.reshape(o, -1).T @ gy.transpose(1, 0, 2, 3).reshape(o, -1)
+        return _col2im_assigns(gcol.reshape(self.col_shape), self.x_shape, k, self.stride, self.padding), gw, gb
+
+
+class _ConvGbFirstImage(Conv2dSolution):
+    """Sums the bias gradient over the positions of the first image only."""
+
+    def backward(self, gy):
+        gx, gw, _ = super().backward(gy)
+        return gx, gw, gy[0].sum(axis=(1, 2))
+
+
+class _ConvWrongShape(Conv2dSolution):
+    """Returns the output as (O, N, OH, OW): the batch axis not moved to the front."""
+
+    def forward(self, x, w, b):
+        return np.ascontiguousarray(super().forward(x, w, b).transpose(1, 0, 2, 3))
+
+
+class _ConvRaises(Conv2dSolution):
+    def backward(self, gy):
+        raise ValueError("shapes (4,27) and (12,50) not aligned")
+
+
+@pytest.mark.parametrize("wrong", [_ConvNoBias, _ConvGyNotTransposed, _ConvGxAssigns, _ConvGbFirstImage,
+                                   _ConvWrongShape, _ConvRaises])
+def test_wrong_conv_fails(wrong, capsys):
+    assert checks.check_conv(wrong) is False
+    out = capsys.readouterr().out
+    assert "WRONG" in out and "Traceback" not in out
+
+
+def test_unsolved_conv_says_so(capsys):
+    class Unsolved(Conv2dSolution):
+        def backward(self, gy):
+            raise NotImplementedError
+
+    assert checks.check_conv(Unsolved) is False
+    assert "not solved yet" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- 04: overlapping max pooling
 
 
@@ -224,6 +297,41 @@ def test_the_tie_check_alone_catches_every_tied_pixel(capsys):
 
 
 # --------------------------------------------------------------------------- 05: depth
+
+
+def test_relu_and_add_solution_passes(capsys):
+    assert checks.check_relu_and_add(ReLUSolution, ResidualAddSolution)
+    assert "whole unit" in capsys.readouterr().out
+
+
+class _ReLUPassesEverything(ReLUSolution):
+    """Forgets the mask in the backward pass: the gradient of the identity."""
+
+    def backward(self, gy):
+        return gy
+
+
+class _ReLUMaskOfGradient(ReLUSolution):
+    """Masks by the sign of the upstream gradient instead of the input's."""
+
+    def backward(self, gy):
+        return gy * (gy > 0)
+
+
+class _AddShortcutGetsNothing(ResidualAddSolution):
+    """Only the residual branch gets the gradient: the shortcut is cut in the backward pass."""
+
+    def backward(self, gy):
+        return gy, gy * 0
+
+
+@pytest.mark.parametrize("relu, add", [(_ReLUPassesEverything, ResidualAddSolution),
+                                       (_ReLUMaskOfGradient, ResidualAddSolution),
+                                       (ReLUSolution, _AddShortcutGetsNothing)])
+def test_wrong_relu_or_add_fails(relu, add, capsys):
+    assert checks.check_relu_and_add(relu, add) is False
+    out = capsys.readouterr().out
+    assert "WRONG" in out and "Traceback" not in out
 
 
 def test_depth_solution_passes():

@@ -525,3 +525,81 @@ def check_cross_entropy(cls):
         ok &= good and check(f"forward ({n}, {k}) vs F.cross_entropy", out, F.cross_entropy(Tensor(z), y))
         ok &= check_grad(f"logits ({n}, {k})", lambda t, lab=y: cls()(t, lab), [z], seed=n, _reraise_unsolved=True)
     return ok
+
+
+# --------------------------------------------------------------------------- 03: the convolution layer
+
+
+CONV_CASES = [  # (x shape, w shape, stride, padding)
+    ((2, 3, 5, 5), (4, 3, 3, 3), 1, 0),
+    ((2, 3, 5, 5), (2, 3, 3, 3), 2, 1),
+    ((1, 2, 6, 5), (3, 2, 2, 2), 2, 0),
+    ((2, 2, 4, 3), (3, 2, 1, 1), 1, 0),
+]
+
+
+@_exercise("conv2d by im2col: forward against seven loops, backward by central differences, on 4 shapes/strides/paddings")
+def check_conv(cls):
+    """Check a Function ``cls(stride, padding)`` computing ``conv2d(x, w, b)`` (square K x K kernels).
+
+    Forward: against :func:`naive_conv` (seven plain loops, with bias). Backward:
+    ``gx``, ``gw`` and ``gb`` against central differences under a random upstream
+    gradient, then ``miniran.gradcheck`` (:func:`check_grad`).
+    """
+    rng = np.random.default_rng(0)
+    ok = True
+    for x_shape, w_shape, s, p in CONV_CASES:
+        tag = f"x{x_shape} w{w_shape} s={s} p={p}"
+        x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+        good, y = _run(f"forward {tag}", lambda: cls(s, p)(Tensor(x), Tensor(w), Tensor(b)))
+        if not (good and check(f"forward {tag} vs seven loops", y, naive_conv(x, w, b, s, p))):
+            ok = False
+            continue
+        ok &= check_grad(f"backward {tag}", lambda a, v, c, s=s, p=p: cls(s, p)(a, v, c), [x, w, b],
+                         seed=len(x_shape) + s + p, _reraise_unsolved=True)
+    return ok
+
+
+# --------------------------------------------------------------------------- 05: ReLU and the residual addition
+
+
+@_exercise("ReLU and the residual addition: forward and backward, then a whole pre-activation unit built from them")
+def check_relu_and_add(relu_cls, add_cls):
+    """Check ``relu_cls()`` (ReLU) and ``add_cls()`` (y = residual + shortcut) as Functions.
+
+    Each against the library's forward and by central differences (ReLU inputs
+    kept at |x| >= 0.1, away from the kink); then a pre-activation unit built
+    from both is compared with ``models.PreActBottleneck`` (same weights,
+    float64) and gradient-checked with all its parameters.
+    """
+    rng = np.random.default_rng(3)
+    relu_cases = [[rng.uniform(0.1, 1.0, s) * rng.choice([-1.0, 1.0], s)] for s in ((3, 4, 5), (2, 3, 4, 4))]
+    ok = _check_function("ReLU", lambda t: relu_cls()(t), F.relu, relu_cases)
+    add_cases = [[rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4, 4))],
+                 [rng.standard_normal((3, 5)), rng.standard_normal((3, 5))]]
+    ok &= _check_function("residual add", lambda s, t: add_cls()(s, t), lambda s, t: s + t, add_cases)
+    if not ok:
+        return False
+
+    class Unit(models.PreActBottleneck):
+        def forward(self, x):
+            a = relu_cls()(self.bn1(x))
+            out = self.conv1(a)
+            out = self.conv2(relu_cls()(self.bn2(out)))
+            out = self.conv3(relu_cls()(self.bn3(out)))
+            return add_cls()(out, x)
+
+    mine = Unit(8, 8, rng=np.random.default_rng(0)).astype(np.float64)
+    reference = models.PreActBottleneck(8, 8, rng=np.random.default_rng(0)).astype(np.float64)
+    xu = rng.standard_normal((2, 8, 4, 4))
+    good, out = _run("unit forward", lambda: mine(Tensor(xu)))
+    if not (good and check("unit of your Functions vs models.PreActBottleneck", out, reference(Tensor(xu)))):
+        return False
+    try:
+        miniran.gradcheck(lambda t, *ps: mine(t), [xu, *mine.parameters()], mode="directional")
+        print(f"  whole unit, gradient of the input and of its {len(mine.parameters())} parameters "
+              "(miniran.gradcheck, directional): ok")
+    except miniran.GradcheckError as err:
+        print(f"  whole unit: miniran.gradcheck failed: {str(err).splitlines()[0]}   WRONG")
+        return False
+    return True
