@@ -23,30 +23,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = REPO / "tutorials"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_functions import cpu_model, load_average  # noqa: E402  (the benchmarks' machine description)
 
 
 def run_notebook(path: Path, fast: bool, timeout: int) -> tuple[float, str | None]:
