@@ -334,3 +334,16 @@ def test_sigmoid_fast_path_matches_reference(threads, rng):
     ref = _run(F.sigmoid, x, upstream=gy, reference=True)
     _assert_close(fast, ref, 1e-15, "sigmoid")  # the product in another order: last-bit differences
     gradcheck(F.sigmoid, [rng.standard_normal((5, 2, 3))])
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_avg_pool_fast_path_matches_reference(count_include_pad, ceil_mode, threads, rng):
+    x = rng.standard_normal((5, 3, 9, 8))
+
+    def pool(t):
+        return F.avg_pool2d(t, 3, stride=2, padding=1, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    gy = rng.standard_normal(pool(Tensor(x)).shape)
+    fast = _run(pool, x, upstream=gy, reference=False)
+    ref = _run(pool, x, upstream=gy, reference=True)
+    _assert_close(fast, ref, 1e-15, f"avg pool ceil_mode={ceil_mode} count_include_pad={count_include_pad}")
