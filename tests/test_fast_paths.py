@@ -347,3 +347,13 @@ def test_avg_pool_fast_path_matches_reference(count_include_pad, ceil_mode, thre
     fast = _run(pool, x, upstream=gy, reference=False)
     ref = _run(pool, x, upstream=gy, reference=True)
     _assert_close(fast, ref, 1e-15, f"avg pool ceil_mode={ceil_mode} count_include_pad={count_include_pad}")
+
+
+def test_global_avg_pool_fast_path_matches_reference(threads, rng):
+    x = rng.standard_normal((5, 3, 7, 6))
+    gy = rng.standard_normal((5, 3))
+    fast = _run(F.global_avg_pool2d, x, upstream=gy, reference=False)
+    ref = _run(F.global_avg_pool2d, x, upstream=gy, reference=True)
+    _assert_close(fast, ref, 1e-14, "global average pooling")
+    x32 = Tensor(x.astype(np.float32))
+    assert F.global_avg_pool2d(x32).dtype == np.float32
