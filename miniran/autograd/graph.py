@@ -110,7 +110,7 @@ def _walk(heap, pending, push, retain_graph):
             else:
                 prev = pending.get(id(x))
                 # never add in place: gx may alias an array the function still uses
-                pending[id(x)] = (x, gx if prev is None else prev[1] + gx)
+                pending[id(x)] = (x, gx if prev is None else backend.add(prev[1], gx))
                 push(x.creator)
         if not retain_graph:
             func.release()
