@@ -301,12 +301,17 @@ def cpu_threads() -> int:
 
         for var in ("MINIRAN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             value = os.environ.get(var, "").strip()
-            if value:
-                try:
-                    _cpu_threads = max(1, int(value.split(",")[0]))
-                except ValueError:
-                    raise ValueError(f"{var} must be a positive integer, got {value!r}") from None
+            if not value:
+                continue
+            try:
+                n = int(value.split(",")[0])  # OpenMP allows a list per nesting level
+            except ValueError:
+                n = 0
+            if n >= 1:
+                _cpu_threads = n
                 break
+            if var == "MINIRAN_NUM_THREADS":  # ours: refuse; the others belong to other libraries
+                raise ValueError(f"MINIRAN_NUM_THREADS must be a positive integer, got {value!r}")
         else:
             _cpu_threads = available_cores()
     return _cpu_threads

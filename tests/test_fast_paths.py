@@ -280,10 +280,17 @@ def test_cpu_threads_from_the_environment(monkeypatch):
         backend.set_cpu_threads(None)
         monkeypatch.setenv("MINIRAN_NUM_THREADS", "2")  # miniran's own setting comes first
         assert backend.cpu_threads() == 2
+        for bad in ("two", "0", "-3"):
+            backend.set_cpu_threads(None)
+            monkeypatch.setenv("MINIRAN_NUM_THREADS", bad)
+            with pytest.raises(ValueError, match="MINIRAN_NUM_THREADS must be a positive integer"):
+                backend.cpu_threads()
+        # another library's variable that miniran cannot read is passed over, not refused
+        monkeypatch.delenv("MINIRAN_NUM_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "auto")
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "5")
         backend.set_cpu_threads(None)
-        monkeypatch.setenv("MINIRAN_NUM_THREADS", "two")
-        with pytest.raises(ValueError, match="MINIRAN_NUM_THREADS must be a positive integer"):
-            backend.cpu_threads()
+        assert backend.cpu_threads() == 5
     finally:
         monkeypatch.delenv("MINIRAN_NUM_THREADS", raising=False)
         backend.set_cpu_threads(None)
