@@ -220,19 +220,25 @@ def test_gradcheck_directional_bigger(stride, padding, k, rng):
 
 
 # what each CPU path keeps from its forward pass for the weight gradient
-KEPT_FOR_WEIGHT_GRAD = {"reference": "col2d", "batched": "col3", "pointwise": "x3", "winograd": "saved"}  # winograd: its V
+KEPT_FOR_WEIGHT_GRAD = {
+    "reference": lambda f: f.col2d,
+    "batched": lambda f: f.col3,
+    "pointwise": lambda f: f.x3,
+    "winograd": lambda f: f.pieces[0][2].V,  # the transformed input of the first group of images
+}
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
-@pytest.mark.parametrize("stride,k", [(1, 3), (2, 3), (1, 1), (2, 1)])
+@pytest.mark.parametrize("stride,k,c,size", [(1, 3, 3, 6), (1, 3, 8, 16), (2, 3, 3, 6), (1, 1, 3, 6), (2, 1, 3, 6)])
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_only_requested_gradients_are_computed(which, stride, k, fast, rng):
-    ts = [Tensor(a) for a in _inputs(rng, (2, 3, 6, 6), (4, 3, k, k), True)]
+def test_only_requested_gradients_are_computed(which, stride, k, c, size, fast, rng):
+    # (1, 3, 8, 16): big enough for the Winograd path (see Conv2dFunction._winograd_pays)
+    ts = [Tensor(a) for a in _inputs(rng, (2, c, size, size), (4, c, k, k), True)]
     ts[which].requires_grad = True
     with contextlib.nullcontext() if fast else backend.reference_cpu_paths():
         y = F.conv2d(*ts, stride=stride, padding=k // 2)
         # the unfolded input is only kept for the weight gradient
-        kept = getattr(y.creator, KEPT_FOR_WEIGHT_GRAD[y.creator.path])
+        kept = KEPT_FOR_WEIGHT_GRAD[y.creator.path](y.creator)
         assert (kept is not None) == (which == 1)
         y.backward(rng.standard_normal(y.shape))
     assert [t.grad is not None for t in ts] == [i == which for i in range(3)]

@@ -134,12 +134,22 @@ def im2col(x, kernel_size, stride=1, padding=0):
     if xp is not np:
         return _im2col_gpu(x, kh, kw, sy, sx, ph, pw, oh, ow)
 
-    # Channel-major view (C, N, H, W): with it, each tap's slice below has
-    # exactly the shape of its destination col[:, ky, kx] (no transposes).
+    # Channel-major view (C, N, H, W): with it, each tap's slice has exactly
+    # the shape of its destination col[:, ky, kx] (no transposes).
     x_cn = x.transpose(1, 0, 2, 3)
-    if ph or pw:
-        x_cn = _pad_channel_major(x_cn, ph, pw)
     col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    _unfold_taps(_zero_pad(x_cn, ph, pw), col, sy, sx)
+    return col
+
+
+def _unfold_taps(xpad, col, sy, sx):
+    """The loop of im2col: ``col[a, ky, kx, b] = xpad[a, b, ky::SY, kx::SX]`` for every kernel tap.
+
+    ``xpad`` is a zero-padded (A, B, Hp, Wp) array and ``col`` an
+    (A, KH, KW, B, OH, OW) array or view, written in place: (A, B) is
+    (C, N) for :func:`im2col`'s layout, (N, C) for the fast CPU path's.
+    """
+    _, kh, kw, _, oh, ow = col.shape
     for ky in range(kh):
         # rows ky, ky+SY, ..., ky+(OH-1)*SY: the rows tap ky sees for the OH outputs.
         # Ending the slice exactly there (not at ky + OH*SY) is why, unlike
@@ -147,8 +157,17 @@ def im2col(x, kernel_size, stride=1, padding=0):
         rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
         for kx in range(kw):
             cols = slice(kx, kx + (ow - 1) * sx + 1, sx)
-            col[:, ky, kx] = x_cn[:, :, rows, cols]  # one strided copy for the whole batch
-    return col
+            col[:, ky, kx] = xpad[:, :, rows, cols]  # one strided copy for the whole batch
+
+
+def _fold_taps(col, img, sy, sx):
+    """The loop of col2im, the adjoint of :func:`_unfold_taps`: ``img[a, b, ky::SY, kx::SX] += col[a, ky, kx, b]``."""
+    _, kh, kw, _, oh, ow = col.shape
+    for ky in range(kh):
+        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
+        for kx in range(kw):
+            cols = slice(kx, kx + (ow - 1) * sx + 1, sx)
+            img[:, :, rows, cols] += col[:, ky, kx]  # += : overlapping windows add up
 
 
 def col2im(col, x_shape, stride=1, padding=0):
@@ -180,21 +199,19 @@ def col2im(col, x_shape, stride=1, padding=0):
 
     # accumulate in the padded, channel-major image, the mirror of im2col
     img = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
-    for ky in range(kh):
-        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
-        for kx in range(kw):
-            cols = slice(kx, kx + (ow - 1) * sx + 1, sx)
-            img[:, :, rows, cols] += col[:, ky, kx]  # += : overlapping windows add up
+    _fold_taps(col, img, sy, sx)
     # drop the padding and return to (N, C, H, W)
     return xp.ascontiguousarray(img[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
 
 
-def _pad_channel_major(x_cn, ph, pw):
-    """Zero-pad the last two axes of a (C, N, H, W) view into a new contiguous array."""
-    xp = get_array_module(x_cn)
-    c, n, h, w = x_cn.shape
-    out = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x_cn.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = x_cn
+def _zero_pad(a, ph, pw):
+    """Zero-pad the last two axes of a 4-D array (or view) into a new contiguous array; ``a`` itself without padding."""
+    if not (ph or pw):
+        return a
+    xp = get_array_module(a)
+    d0, d1, h, w = a.shape
+    out = xp.zeros((d0, d1, h + 2 * ph, w + 2 * pw), dtype=a.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = a
     return out
 
 
@@ -211,11 +228,6 @@ def _weight_grad_of_images(unfolded, g3):
     return np.matmul(g3, unfolded.transpose(0, 2, 1)).sum(axis=0)
 
 
-def conv_out_hw(x_shape, w_shape, stride, padding):
-    """(OH, OW) of a convolution of an (N, C, H, W) input with (O, C, KH, KW) kernels."""
-    return tuple(conv_output_size(x_shape[2 + d], w_shape[2 + d], stride[d], padding[d]) for d in range(2))
-
-
 def _im2col_images(x, stride, padding, col):
     """im2col in the per-image layout: ``col[n, c, ky, kx, i, j] = xpad[n, c, i*SY + ky, j*SX + kx]``.
 
@@ -223,31 +235,18 @@ def _im2col_images(x, stride, padding, col):
     (written in place). The fast CPU path calls it for a few images at a time.
     """
     (sy, sx), (ph, pw) = stride, padding
-    n, c, h, w = x.shape
-    _, _, kh, kw, oh, ow = col.shape
-    if ph or pw:
-        xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        xpad[:, :, ph:ph + h, pw:pw + w] = x
-    else:
-        xpad = x
-    for ky in range(kh):
-        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
-        for kx in range(kw):
-            col[:, :, ky, kx] = xpad[:, :, rows, slice(kx, kx + (ow - 1) * sx + 1, sx)]
+    # viewed as (n, KH, KW, C, OH, OW), col has the layout _unfold_taps fills from (n, C, ...)
+    _unfold_taps(_zero_pad(x, ph, pw), col.transpose(0, 2, 3, 1, 4, 5), sy, sx)
 
 
 def _col2im_images(col, stride, padding, out):
     """The adjoint of :func:`_im2col_images`: fold ``col`` (n, C, KH, KW, OH, OW) into ``out`` (n, C, H, W)."""
     (sy, sx), (ph, pw) = stride, padding
     n, c, h, w = out.shape
-    _, _, kh, kw, oh, ow = col.shape
     img = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype) if (ph or pw) else out
     if img is out:
         out[...] = 0
-    for ky in range(kh):
-        rows = slice(ky, ky + (oh - 1) * sy + 1, sy)
-        for kx in range(kw):
-            img[:, :, rows, slice(kx, kx + (ow - 1) * sx + 1, sx)] += col[:, :, ky, kx]
+    _fold_taps(col.transpose(0, 2, 3, 1, 4, 5), img, sy, sx)
     if img is not out:
         out[...] = img[:, :, ph:ph + h, pw:pw + w]
 
@@ -367,7 +366,7 @@ class Conv2dFunction(Function):
             if (kh, kw, ph, pw) == (1, 1, 0, 0):
                 return self._forward_pointwise_cpu(x, w, b)
             if self._winograd_pays(x.shape, w.shape, oh, ow):
-                return self._forward_winograd_cpu(x, w, b)
+                return self._forward_winograd_cpu(x, w, b, oh, ow)
             return self._forward_batched_cpu(x, w, b, oh, ow)
 
         # the reference CPU path (the fast paths are tested against it)
@@ -479,7 +478,7 @@ class Conv2dFunction(Function):
         gy3 = np.ascontiguousarray(gy.astype(self.w.dtype, copy=False)).reshape(n, o, oh * ow)
         w2 = self.w.reshape(o, c)
         needs = self.needs_input_grad
-        gx = gw = gb = None
+        gx = None
         g_sub = np.empty((n, c, oh * ow), dtype=gy3.dtype) if needs[0] else None
 
         def products(a_, b_):  # images a_:b_: their part of gx, their sum of the weight gradient
@@ -508,7 +507,7 @@ class Conv2dFunction(Function):
             gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
-    def _forward_winograd_cpu(self, x, w, b):
+    def _forward_winograd_cpu(self, x, w, b, oh, ow):
         """3x3, stride 1: Winograd F(2x2, 3x3) (:mod:`miniran.functional.winograd`) per group of images.
 
         Each of miniran's CPU threads transforms, multiplies and transforms
@@ -518,7 +517,7 @@ class Conv2dFunction(Function):
         self.path = "winograd"
         n, o = x.shape[0], w.shape[0]
         keep = bool(self.needs_input_grad[1])
-        y = np.empty((n, o) + conv_out_hw(x.shape, w.shape, self.stride, self.padding), dtype=x.dtype)
+        y = np.empty((n, o, oh, ow), dtype=x.dtype)
 
         def part(a_, b_):
             _, saved = winograd.conv3x3_winograd_forward(x[a_:b_], w, self.padding, keep=keep, out=y[a_:b_])
@@ -527,7 +526,6 @@ class Conv2dFunction(Function):
             return a_, b_, saved
         pieces = backend.parallel_chunks(n, part, x.size * 4, blas=True)
         self.pieces = pieces if any(self.needs_input_grad) else None
-        self.saved = self.pieces if keep else None  # what the weight gradient needs (V)
         return y
 
     def _backward_winograd_cpu(self, gy):
