@@ -410,15 +410,29 @@ class cpu_region:
         return False
 
 
-def add(a, b):
-    """``a + b`` as a new array; two NumPy arrays of one shape and dtype are added by row groups
-    on miniran's CPU threads (the graph walk sums the gradients of tensors used twice with it)."""
-    if (type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape and a.ndim >= 1
-            and a.dtype == b.dtype and _fast_cpu_paths):
+def splits_on_threads(*arrays) -> bool:
+    """Whether NumPy arrays of one shape and dtype may take a fast CPU path split over the threads by rows.
+
+    (Rows: the first axis, the batch for image arrays.) False for CuPy arrays,
+    scalars, mixed shapes or dtypes, and inside :class:`reference_cpu_paths`.
+    """
+    first = arrays[0]
+    return (_fast_cpu_paths and all(type(a) is np.ndarray for a in arrays) and first.ndim >= 1
+            and all(a.shape == first.shape and a.dtype == first.dtype for a in arrays))
+
+
+def elementwise(ufunc, a, b):
+    """``a + b`` (``np.add``) or ``a * b`` (``np.multiply``) as a new array.
+
+    Arrays that :func:`splits_on_threads` are computed by groups of rows on
+    miniran's CPU threads; anything else (CuPy arrays stay CuPy's, scalars,
+    broadcasting) takes the plain operator.
+    """
+    if splits_on_threads(a, b):
         out = np.empty_like(a)
-        parallel_chunks(a.shape[0], lambda i, j: np.add(a[i:j], b[i:j], out=out[i:j]), a.size)
+        parallel_chunks(a.shape[0], lambda i, j: ufunc(a[i:j], b[i:j], out=out[i:j]), a.size)
         return out
-    return a + b
+    return a + b if ufunc is np.add else a * b
 
 
 _openblas_lib = False  # False: not looked for yet; None: not found

@@ -27,6 +27,8 @@ from __future__ import annotations
 import heapq
 import itertools
 
+import numpy as np
+
 from miniran import backend
 
 __all__ = ["backward"]
@@ -110,7 +112,7 @@ def _walk(heap, pending, push, retain_graph):
             else:
                 prev = pending.get(id(x))
                 # never add in place: gx may alias an array the function still uses
-                pending[id(x)] = (x, gx if prev is None else backend.add(prev[1], gx))
+                pending[id(x)] = (x, gx if prev is None else backend.elementwise(np.add, prev[1], gx))
                 push(x.creator)
         if not retain_graph:
             func.release()

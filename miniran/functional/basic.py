@@ -31,20 +31,10 @@ def _normalize_axis(axis, ndim):
 # --------------------------------------------------------------------------- arithmetic
 
 
-def _elementwise(ufunc, a, b):
-    """``a + b`` (``np.add``) or ``a * b`` (``np.multiply``); on the CPU, big arrays of one
-    shape are split over miniran's threads by rows (the first axis)."""
-    if _cpu_fast(a, b) and a.dtype == b.dtype:
-        out = np.empty_like(a)
-        backend.parallel_chunks(a.shape[0], lambda i, j: ufunc(a[i:j], b[i:j], out=out[i:j]), a.size)
-        return out
-    return a + b if ufunc is np.add else a * b  # operators: CuPy arrays stay CuPy's
-
-
 class Add(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
-        return _elementwise(np.add, a, b)
+        return backend.elementwise(np.add, a, b)
 
     def backward(self, gy):
         sa, sb = self.shapes
@@ -64,11 +54,11 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
-        return _elementwise(np.multiply, a, b)
+        return backend.elementwise(np.multiply, a, b)
 
     def backward(self, gy):
-        ga = sum_to(_elementwise(np.multiply, gy, self.b), self.a.shape) if self.needs_input_grad[0] else None
-        gb = sum_to(_elementwise(np.multiply, gy, self.a), self.b.shape) if self.needs_input_grad[1] else None
+        ga = sum_to(backend.elementwise(np.multiply, gy, self.b), self.a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(backend.elementwise(np.multiply, gy, self.a), self.b.shape) if self.needs_input_grad[1] else None
         return ga, gb
 
 
@@ -247,12 +237,6 @@ def stable_sigmoid(x):
     return (xp.tanh(x * 0.5) + 1) * 0.5
 
 
-def _cpu_fast(*arrays) -> bool:
-    """Whether NumPy arrays of one shape may take a function's fast CPU path (split over threads by rows)."""
-    return (all(type(a) is np.ndarray for a in arrays) and arrays[0].ndim >= 1
-            and all(a.shape == arrays[0].shape for a in arrays) and backend.fast_cpu_paths())
-
-
 class SigmoidFunction(Function):
     """Paper Eq. 4 (mixed attention): f1(x) = 1 / (1 + exp(-x)).
 
@@ -261,7 +245,7 @@ class SigmoidFunction(Function):
     """
 
     def forward(self, x):
-        if _cpu_fast(x) and np.issubdtype(x.dtype, np.floating):
+        if backend.splits_on_threads(x) and np.issubdtype(x.dtype, np.floating):
             y = np.empty_like(x)
 
             def part(a, b):
@@ -278,7 +262,7 @@ class SigmoidFunction(Function):
 
     def backward(self, gy):
         y = self.y
-        if _cpu_fast(gy, y) and gy.dtype == y.dtype:
+        if backend.splits_on_threads(gy, y):
             gx = np.empty_like(y)
 
             def part(a, b):  # gx = gy * y * (1 - y)
