@@ -63,6 +63,16 @@ def _row_sums(u3, v3):
             np.concatenate([p[1] for p in parts]).astype(np.float64))
 
 
+def _would_cancel(mean, var) -> bool:
+    """Whether E[x^2] - E[x]^2 (and the like) loses accuracy for some channel: mean^2 > 1000 * var.
+
+    Past that ratio float32 rounding costs more than about 1e-4 of the
+    variance; the fast path then works with centred values.
+    """
+    mean, var = np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+    return bool(np.any(mean * mean > 1e3 * var))
+
+
 def _centred_variance(x3, mean64, scratch):
     """Biased per-channel variance of (N, C, L) ``x3`` from centred values (the two-pass method).
 
@@ -197,7 +207,7 @@ class BatchNorm(Function):
             sums, squares = _row_sums(x3, x3)
             mean64 = sums.sum(axis=0) / m
             var64 = np.maximum(squares.sum(axis=0) / m - mean64 * mean64, 0.0)
-            if np.any(mean64 * mean64 > 1e3 * var64):
+            if _would_cancel(mean64, var64):
                 var64 = _centred_variance(x3, mean64, y3)  # y3 as scratch
             mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
             if self.running_mean is not None:
@@ -209,7 +219,7 @@ class BatchNorm(Function):
             var = self.running_var.astype(x.dtype)
         inv_std = 1.0 / np.sqrt(var + self.eps)
         # the backward pass's sum(g * x) - mean * sum(g) cancels the same way
-        self.centred = bool(np.any(mean.astype(np.float64) ** 2 > 1e3 * var.astype(np.float64)))
+        self.centred = _would_cancel(mean, var)
         scale = (gamma * inv_std).astype(x.dtype)
         shift = (beta - mean * scale).astype(x.dtype)
         scale3, shift3 = scale[:, None], shift[:, None]
