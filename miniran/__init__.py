@@ -4,8 +4,13 @@ Layers of the package, each importing only from those above it in this list:
 
 * :mod:`miniran.backend`: NumPy/CuPy selection (``get_array_module``); beside it
   :mod:`miniran._io`, safe file writing (atomic writes, untearable appends).
+* :mod:`miniran.threads` (miniran's CPU threads, the BLAS thread hold) and
+  :mod:`miniran.kernels` (the declarations of the fused GPU kernels).
 * :mod:`miniran.autograd`: ``Tensor``, ``Function``, the graph walk (``autograd.graph``), ``gradcheck``.
-* :mod:`miniran.functional`: differentiable operations (conv, batch norm, ...).
+* :mod:`miniran.functional`: differentiable operations (conv, batch norm, ...),
+  each the readable reference algorithm: the textbook.
+* :mod:`miniran.fast`: faster twins of those Functions (CPU threads, Winograd,
+  fused CUDA kernels), chosen at one dispatch point: the engine.
 * :mod:`miniran.nn`: modules and layers.
 * :mod:`miniran.models`: residual units, the attention module, the networks.
 * :mod:`miniran.optim`, :mod:`miniran.data`, :mod:`miniran.train`: training.
@@ -14,9 +19,10 @@ Layers of the package, each importing only from those above it in this list:
 ``tests/test_layers.py`` checks this rule on every module.
 """
 
-from miniran import functional, nn, optim
+from miniran import fast, functional, nn, optim  # fast: registers the engine's twins
 from miniran.autograd import Function, GradcheckError, Tensor, enable_grad, gradcheck, no_grad
 from miniran.backend import DEFAULT_DTYPE, cuda_available, get_array_module
+from miniran.functional import reference_only
 
 __version__ = "0.1.0"
 
@@ -37,5 +43,5 @@ def tensor(data, requires_grad=False, dtype=None) -> Tensor:
 
 __all__ = [
     "DEFAULT_DTYPE", "Function", "GradcheckError", "Tensor", "cuda_available", "enable_grad",
-    "functional", "get_array_module", "gradcheck", "nn", "no_grad", "optim", "tensor",
+    "functional", "get_array_module", "gradcheck", "nn", "no_grad", "optim", "reference_only", "tensor",
 ]

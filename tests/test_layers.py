@@ -14,7 +14,8 @@ from pathlib import Path
 import miniran
 
 PACKAGE = Path(miniran.__file__).parent
-LEVELS = [("backend", "_io"), ("autograd",), ("functional",), ("nn",), ("models",), ("optim", "data"),
+LEVELS = [("backend", "_io"), ("threads", "kernels"), ("autograd",), ("functional",), ("fast",), ("nn",),
+          ("models",), ("optim", "data"),
           ("train", "viz", "diagrams")]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 
@@ -104,3 +105,37 @@ def test_functions_and_modules_do_not_share_class_names():
     functions = classes(functional, Function)
     modules = classes(nn, nn.Module) | classes(models, nn.Module)
     assert functions and modules and not functions & modules, functions & modules
+
+
+def test_the_textbook_never_imports_the_engine():
+    """functional/ (the reference algorithms) imports neither the engine nor its tools.
+
+    Not miniran.fast (the twins), miniran.threads (the thread pool, ctypes)
+    nor miniran.kernels (CUDA source); and none of the standard modules that
+    only engine code needs.
+    """
+    engine = ("miniran.fast", "miniran.threads", "miniran.kernels")
+    stdlib = {"ctypes", "threading", "concurrent", "concurrent.futures", "multiprocessing"}
+    bad = []
+    for path in sorted((PACKAGE / "functional").rglob("*.py")):
+        for line, name in miniran_imports(path):
+            if name.startswith(engine):
+                bad.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.relative_to(PACKAGE)}:{node.lineno} imports {n}" for n in names
+                    if n.split(".")[0] in stdlib or n in stdlib]
+        source = path.read_text()
+        for word in ("ElementwiseKernel", "ReductionKernel", "RawKernel", "parallel_chunks", "cupyx"):
+            if word in source:
+                bad.append(f"{path.relative_to(PACKAGE)} mentions {word}")
+    assert not bad, "engine code in the textbook:\n" + "\n".join(bad)
+
+
+def test_the_engine_imports_the_textbook_not_the_layers_above():
+    """miniran.fast registers twins of functional's Functions; it needs nothing above functional."""
+    for path in sorted((PACKAGE / "fast").rglob("*.py")):
+        for line, name in miniran_imports(path):
+            assert LEVEL[name.split(".")[1]] <= LEVEL["fast"], f"{path.relative_to(PACKAGE)}:{line} imports {name}"

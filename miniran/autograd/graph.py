@@ -19,19 +19,30 @@
 Like Chainer's ``_backprop`` it takes several roots at once: the gradient of
 ``sum_i <grads[i], roots[i]>`` in one walk, without building that sum. This
 module imports only :mod:`miniran.backend`: tensors and functions are used
-through their attributes.
+through their attributes. It knows nothing of threads: an engine may install
+a :data:`compute_region` that every forward and backward runs inside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 
-import numpy as np
-
 from miniran import backend
 
-__all__ = ["backward"]
+__all__ = ["backward", "set_compute_region"]
+
+#: What every Function's forward and backward runs inside: nothing, unless an
+#: engine installs its own (``miniran.fast`` holds BLAS at one thread there
+#: while its CPU threads work). A factory of context managers.
+compute_region = contextlib.nullcontext
+
+
+def set_compute_region(factory) -> None:
+    """Install the context-manager factory that every forward and backward runs inside (None: nothing)."""
+    global compute_region
+    compute_region = contextlib.nullcontext if factory is None else factory
 
 
 def backward(roots, grads, retain_graph: bool = False) -> None:
@@ -60,7 +71,7 @@ def backward(roots, grads, retain_graph: bool = False) -> None:
         pending[id(root)] = (root, grad if prev is None else prev[1] + grad)
         push(root.creator)
 
-    with backend.cpu_region():  # BLAS on one thread while miniran's threads work
+    with compute_region():
         _walk(heap, pending, push, retain_graph)
 
 
@@ -112,7 +123,7 @@ def _walk(heap, pending, push, retain_graph):
             else:
                 prev = pending.get(id(x))
                 # never add in place: gx may alias an array the function still uses
-                pending[id(x)] = (x, gx if prev is None else backend.elementwise(np.add, prev[1], gx))
+                pending[id(x)] = (x, gx if prev is None else prev[1] + gx)
                 push(x.creator)
         if not retain_graph:
             func.release()

@@ -321,7 +321,7 @@ class Function:
         tensors = [x if isinstance(x, Tensor) else Tensor(as_array(x, like=like)) for x in inputs]
         record = _Config.enable_grad and any(t.requires_grad for t in tensors)
         self.needs_input_grad = tuple(record and t.requires_grad for t in tensors)
-        with backend.cpu_region():  # BLAS on one thread while miniran's threads work
+        with graph.compute_region():  # what the engine installs, if anything
             ys = self.forward(*[t.data for t in tensors])
         single = not isinstance(ys, tuple)
         if single:

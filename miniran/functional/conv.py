@@ -68,7 +68,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniran import backend
+from miniran import backend, kernels, threads
+from miniran.functional import _dispatch
 from miniran.autograd import Function, Tensor, as_tensor
 from miniran.backend import get_array_module
 from miniran.functional import winograd
@@ -258,7 +259,7 @@ def _col2im_images(col, stride, padding, out):
 # i.e. (N, C*KH*KW, OH*OW), so that y = w @ col is a batched product that is
 # already in (N, O, OH, OW) order. Note: `i` (the thread's element index) and
 # `n` are reserved names in ElementwiseKernel code, so the batch index is `b`.
-_IM2COL_BATCHED_KERNEL = backend.elementwise_kernel(
+_IM2COL_BATCHED_KERNEL = kernels.elementwise_kernel(
     "miniran_im2col_batched",
     "raw T img, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
     "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
@@ -281,7 +282,7 @@ _IM2COL_BATCHED_KERNEL = backend.elementwise_kernel(
     }
     """,
 )
-_COL2IM_BATCHED_KERNEL = backend.elementwise_kernel(
+_COL2IM_BATCHED_KERNEL = kernels.elementwise_kernel(
     "miniran_col2im_batched",
     "raw T col, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, "
     "int32 out_h, int32 out_w, int32 sy, int32 sx, int32 ph, int32 pw",
@@ -362,7 +363,7 @@ class Conv2dFunction(Function):
         if xp is not np:
             return self._forward_gpu(x, w, b, oh, ow)
         self.path = "reference"
-        if backend.fast_cpu_paths():
+        if (not _dispatch.reference_active()):
             if (kh, kw, ph, pw) == (1, 1, 0, 0):
                 return self._forward_pointwise_cpu(x, w, b)
             if self._winograd_pays(x.shape, w.shape, oh, ow):
@@ -438,7 +439,7 @@ class Conv2dFunction(Function):
         if x_shape[1] < 8 or not winograd.winograd_supported(x_shape, w_shape, self.stride, self.padding):
             return False
         training = any(self.needs_input_grad)
-        if backend.cpu_threads() == 1:
+        if threads.cpu_threads() == 1:
             return training or oh * ow >= 256
         return training and oh * ow >= 256
 
@@ -467,7 +468,7 @@ class Conv2dFunction(Function):
             np.matmul(w2, x3[a_:b_], out=y[a_:b_])  # (O, C) @ (n, C, OH*OW)
             if b is not None:
                 y[a_:b_] += b.astype(y.dtype, copy=False)[:, None]
-        backend.parallel_chunks(n, product, y.size + x3.size, blas=True)
+        threads.parallel_chunks(n, product, y.size + x3.size, blas=True)
         return y.reshape(n, o, oh, ow)
 
     def _backward_pointwise_cpu(self, gy):
@@ -485,7 +486,7 @@ class Conv2dFunction(Function):
             if needs[0]:
                 np.matmul(w2.T, gy3[a_:b_], out=g_sub[a_:b_])  # (C, O) @ (n, O, OH*OW)
             return _weight_grad_of_images(self.x3[a_:b_], gy3[a_:b_]) if needs[1] else None
-        parts = backend.parallel_chunks(n, products, gy3.size * 2 + n * c * oh * ow, blas=True)
+        parts = threads.parallel_chunks(n, products, gy3.size * 2 + n * c * oh * ow, blas=True)
         if needs[0]:
             g_sub = g_sub.reshape(n, c, oh, ow)
             if (sy, sx) == (1, 1):
@@ -524,7 +525,7 @@ class Conv2dFunction(Function):
             if b is not None:
                 y[a_:b_] += b.astype(y.dtype, copy=False)[:, None, None]
             return a_, b_, saved
-        pieces = backend.parallel_chunks(n, part, x.size * 4, blas=True)
+        pieces = threads.parallel_chunks(n, part, x.size * 4, blas=True)
         self.pieces = pieces if any(self.needs_input_grad) else None
         return y
 
@@ -542,7 +543,7 @@ class Conv2dFunction(Function):
                 if needs[1]:
                     gw_sum = gw_ab if gw_sum is None else gw_sum + gw_ab
             return gw_sum
-        parts = backend.parallel_chunks(len(self.pieces), part, gy.size * 4 * len(self.pieces), blas=True)
+        parts = threads.parallel_chunks(len(self.pieces), part, gy.size * 4 * len(self.pieces), blas=True)
         return self._with_weight_and_bias_grads(gx, parts, gy.reshape(gy.shape[0], gy.shape[1], -1))
 
     def _forward_batched_cpu(self, x, w, b, oh, ow):
@@ -551,7 +552,7 @@ class Conv2dFunction(Function):
         Each thread unfolds its own images into ``col`` (N, C*KH*KW, OH*OW)
         and multiplies them, ``y[i] = w (O, CKK) @ col[i]``, so the result is
         already in (N, O, OH, OW) order and the matrix products run on all
-        cores without BLAS's own threads (see backend.parallel_chunks).
+        cores without BLAS's own threads (see threads.parallel_chunks).
         """
         self.path = "batched"
         n, c, h, wd = x.shape
@@ -565,7 +566,7 @@ class Conv2dFunction(Function):
             np.matmul(w2, col[a_:b_].reshape(b_ - a_, c * kh * kw, oh * ow), out=y[a_:b_])
             if b is not None:
                 y[a_:b_] += b.astype(y.dtype, copy=False)[:, None]
-        backend.parallel_chunks(n, unfold_and_multiply, col.size + y.size, blas=True)
+        threads.parallel_chunks(n, unfold_and_multiply, col.size + y.size, blas=True)
         self.col3 = col.reshape(n, c * kh * kw, oh * ow) if self.needs_input_grad[1] else None
         return y.reshape(n, o, oh, ow)
 
@@ -586,7 +587,7 @@ class Conv2dFunction(Function):
                 _col2im_images(gcol.reshape(b_ - a_, c, kh, kw, oh, ow), self.stride, self.padding,
                                gx[a_:b_])
             return _weight_grad_of_images(self.col3[a_:b_], g3) if needs[1] else None
-        parts = backend.parallel_chunks(n, products, gy3.size + n * ckk * oh * ow, blas=True)
+        parts = threads.parallel_chunks(n, products, gy3.size + n * ckk * oh * ow, blas=True)
         if needs[0]:
             gx = gx.astype(self.dtypes[0], copy=False)
         return self._with_weight_and_bias_grads(gx, parts, gy3)

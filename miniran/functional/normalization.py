@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniran import backend
+from miniran import backend, kernels, threads
+from miniran.functional import _dispatch
 from miniran.autograd import Function, Tensor, as_array
 from miniran.backend import get_array_module, is_cupy_array
 
@@ -58,7 +59,7 @@ def _row_sums(u3, v3):
         v = v3[a:b].reshape(-1, hw)
         dots = np.matmul(u[:, None, :], v[:, :, None])  # (rows, 1, 1)
         return (u @ ones).reshape(b - a, c), dots.reshape(b - a, c)
-    parts = backend.parallel_chunks(n, sums, u3.size, blas=True)
+    parts = threads.parallel_chunks(n, sums, u3.size, blas=True)
     return (np.concatenate([p[0] for p in parts]).astype(np.float64),
             np.concatenate([p[1] for p in parts]).astype(np.float64))
 
@@ -85,7 +86,7 @@ def _centred_variance(x3, mean64, scratch):
         d = scratch[a:b]
         np.subtract(x3[a:b], mean3, out=d)
         return np.einsum("nci,nci->c", d, d, dtype=np.float64)
-    parts = backend.parallel_chunks(x3.shape[0], centred, x3.size)
+    parts = threads.parallel_chunks(x3.shape[0], centred, x3.size)
     return np.sum(parts, axis=0) / (x3.shape[0] * x3.shape[2])
 
 
@@ -115,7 +116,7 @@ class BatchNorm(Function):
         self.m = m = x.size // x.shape[1]  # values per channel, N*H*W
         if xp is not np:
             return self._forward_gpu(x, gamma, beta)
-        if x.ndim == 4 and backend.fast_cpu_paths():
+        if x.ndim == 4 and (not _dispatch.reference_active()):
             return self._forward_cpu(x, gamma, beta)
 
         # the reference array code (the fast CPU path below is tested against it)
@@ -181,7 +182,7 @@ class BatchNorm(Function):
 
     # ------------------------------------------------------------------ fast CPU path
     # The same equations for (N, C, H, W) arrays, in fewer passes over memory
-    # and split over threads by images (backend.parallel_chunks):
+    # and split over threads by images (threads.parallel_chunks):
     #   * statistics: for every (image, channel) row of H*W values, its sum and
     #     its sum of squares, two matrix products (BLAS reads each row once, at
     #     memory speed), combined per channel in float64. E[x^2] - E[x]^2
@@ -238,7 +239,7 @@ class BatchNorm(Function):
                 yb += shift3
             if self.relu:
                 np.maximum(yb, zeros, out=yb)
-        backend.parallel_chunks(n, normalise, x.size)
+        threads.parallel_chunks(n, normalise, x.size)
         self.x, self.mean, self.inv_std, self.gamma = x, mean, inv_std, gamma
         if self.relu:
             self.y = y
@@ -257,7 +258,7 @@ class BatchNorm(Function):
 
             def through_relu(a, b):
                 np.multiply(gy3[a:b], y3[a:b] > 0, out=g3[a:b])
-            backend.parallel_chunks(n, through_relu, gy.size)
+            threads.parallel_chunks(n, through_relu, gy.size)
         mean, inv_std = self.mean.astype(np.float64), self.inv_std.astype(np.float64)
         if self.centred:  # |mean| >> std: work with x - mean (one more pass), mean 0 below
             xc = np.empty_like(self.x).reshape(n, c, hw)
@@ -265,7 +266,7 @@ class BatchNorm(Function):
 
             def centre(a, b):
                 np.subtract(x3[a:b], mean3, out=xc[a:b])
-            backend.parallel_chunks(n, centre, xc.size)
+            threads.parallel_chunks(n, centre, xc.size)
             x3, mean = xc, np.zeros_like(mean)
         sum_g, sum_gx = (v.sum(axis=0) for v in _row_sums(g3, x3))
         gbeta = sum_g
@@ -291,7 +292,7 @@ class BatchNorm(Function):
                 t += c3
                 np.multiply(g3[a_:b_], a3, out=gxb)  # g3 is gx's memory (ReLU) or gy
                 gxb += t
-            backend.parallel_chunks(n, grad_x, gy.size)
+            threads.parallel_chunks(n, grad_x, gy.size)
         else:
             gx = None
         return (
@@ -368,7 +369,7 @@ __device__ miniran_pair operator+(const miniran_pair& p, const miniran_pair& q) 
 """
 
 # Per-channel vectors arrive reshaped to (1, C, 1, 1) and broadcast against x.
-_BN_MOMENTS = backend.reduction_kernel(
+_BN_MOMENTS = kernels.reduction_kernel(
     "miniran_bn_moments", "T x, float64 inv_m", "T mean, T var",
     map_expr="miniran_pair((double)x, (double)x * (double)x)",
     reduce_expr="a + b",
@@ -377,7 +378,7 @@ _BN_MOMENTS = backend.reduction_kernel(
                   "var = (T)fmax(a.second * inv_m - (a.first * inv_m) * (a.first * inv_m), 0.0)",
     identity="0", reduce_type="miniran_pair", preamble=_BN_PAIR_PREAMBLE)
 
-_BN_FORWARD = backend.elementwise_kernel(
+_BN_FORWARD = kernels.elementwise_kernel(
     "miniran_bn_forward",
     "T x, T mean, T var, T gamma, T beta, T eps, int32 relu, int32 update, T momentum, "
     "T unbias, int32 channels, int32 plane",
@@ -394,7 +395,7 @@ _BN_FORWARD = backend.elementwise_kernel(
     }
     """)
 
-_BN_BACKWARD_SUMS = backend.reduction_kernel(
+_BN_BACKWARD_SUMS = kernels.reduction_kernel(
     "miniran_bn_backward_sums", "T gy, T x, T mean, T var, T gamma, T beta, T eps, int32 relu",
     "T gbeta, T ggamma",
     map_expr="miniran_bn_pair_of(gy, x, mean, var, gamma, beta, eps, relu)",
@@ -412,7 +413,7 @@ __device__ miniran_pair miniran_bn_pair_of(U gy, U x, U mean, U var, U gamma, U 
 }
 """)
 
-_BN_GRAD_X = backend.elementwise_kernel(
+_BN_GRAD_X = kernels.elementwise_kernel(
     "miniran_bn_grad_x",
     "T gy, T x, T mean, T var, T gamma, T beta, T gbeta, T ggamma, T eps, T inv_m, "
     "int32 batch_stats, int32 relu",

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniran import backend
+from miniran import backend, kernels, threads
+from miniran.functional import _dispatch
 from miniran.autograd import Function, Tensor
 from miniran.backend import get_array_module
 from miniran.functional._args import _pair
@@ -119,7 +120,7 @@ def _by_image_groups(fn, out, *inputs):
     """
     def part(a, b):
         out[a:b] = fn(*(x[a:b] for x in inputs))
-    backend.parallel_chunks(out.shape[0], part, out.size)
+    threads.parallel_chunks(out.shape[0], part, out.size)
     return out
 
 
@@ -156,7 +157,7 @@ class MaxPool2dFunction(_Pool2d):
         if xp is not np:
             return self._forward_gpu(x)
         track = self.needs_input_grad[0]  # inference needs no argmax
-        if backend.fast_cpu_paths():
+        if (not _dispatch.reference_active()):
             # the array code below, on groups of images in miniran's CPU threads
             n, c = x.shape[:2]
             best = np.empty((n, c) + self.out, dtype=x.dtype)
@@ -166,7 +167,7 @@ class MaxPool2dFunction(_Pool2d):
                 best[a:b], arg_ab = self._forward_arrays(x[a:b], track)
                 if track:
                     arg[a:b] = arg_ab
-            backend.parallel_chunks(n, part, x.size)
+            threads.parallel_chunks(n, part, x.size)
         else:
             best, arg = self._forward_arrays(x, track)
         self.arg = arg
@@ -228,7 +229,7 @@ class MaxPool2dFunction(_Pool2d):
     def backward(self, gy):
         if get_array_module(gy) is not np:
             return self._backward_gpu(gy)
-        if backend.fast_cpu_paths():
+        if (not _dispatch.reference_active()):
             return _by_image_groups(self._backward_arrays, np.empty(self.in_shape, dtype=gy.dtype), gy, self.arg)
         return self._backward_arrays(gy, self.arg)
 
@@ -258,7 +259,7 @@ class MaxPool2dFunction(_Pool2d):
 # -inf and never wins; on ties the first position wins (strictly greater), as
 # in PyTorch; a window whose real pixels are all -inf points at its first real
 # pixel; a NaN in a window makes its output NaN (np.maximum's rule).
-_MAX_POOL_FORWARD_KERNEL = backend.elementwise_kernel(
+_MAX_POOL_FORWARD_KERNEL = kernels.elementwise_kernel(
     "miniran_max_pool_forward",
     "raw T x, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw, "
     "int32 out_h, int32 out_w, T neg_inf",
@@ -289,7 +290,7 @@ _MAX_POOL_FORWARD_KERNEL = backend.elementwise_kernel(
 
 # One thread per input pixel: add up gy over the windows that cover the pixel
 # and chose it as their max.
-_MAX_POOL_BACKWARD_KERNEL = backend.elementwise_kernel(
+_MAX_POOL_BACKWARD_KERNEL = kernels.elementwise_kernel(
     "miniran_max_pool_backward",
     "raw T gy, raw int32 arg, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, "
     "int32 ph, int32 pw, int32 out_h, int32 out_w",
@@ -349,7 +350,7 @@ class AvgPool2dFunction(_Pool2d):
         xp = get_array_module(x)
         self.in_shape, self.out = x.shape, self._out_size(x)
         self.divisor = self._divisor(xp, x.dtype)
-        if xp is np and backend.fast_cpu_paths():
+        if xp is np and (not _dispatch.reference_active()):
             return _by_image_groups(self._forward_arrays, np.empty(x.shape[:2] + self.out, dtype=x.dtype), x)
         return self._forward_arrays(x)
 
@@ -366,7 +367,7 @@ class AvgPool2dFunction(_Pool2d):
         return total
 
     def backward(self, gy):
-        if get_array_module(gy) is np and backend.fast_cpu_paths():
+        if get_array_module(gy) is np and (not _dispatch.reference_active()):
             return _by_image_groups(self._backward_arrays, np.empty(self.in_shape, dtype=gy.dtype), gy)
         return self._backward_arrays(gy)
 
@@ -386,7 +387,7 @@ class GlobalAvgPool2dFunction(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        if type(x) is np.ndarray and backend.fast_cpu_paths():
+        if type(x) is np.ndarray and (not _dispatch.reference_active()):
             # each (image, channel) row times a vector of 1/(H*W): BLAS reads
             # the rows once, about 7x faster than NumPy's mean over two axes
             n, c, h, w = x.shape

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniran import backend
+from miniran import backend, kernels
 
 
 class SGD:
@@ -137,7 +137,7 @@ class SGD:
 
 # One thread per parameter element: weight decay, momentum and the Nesterov
 # step fused, so a parameter costs one launch instead of about eight.
-SGD_KERNEL = backend.elementwise_kernel(
+SGD_KERNEL = kernels.elementwise_kernel(
     "miniran_sgd_update",
     "T g, T lr, T mu, T wd, int32 nesterov, int32 first",
     "T p, T v",
@@ -150,7 +150,7 @@ SGD_KERNEL = backend.elementwise_kernel(
 )
 
 # momentum = 0: no buffer to read or write
-SGD_PLAIN_KERNEL = backend.elementwise_kernel(
+SGD_PLAIN_KERNEL = kernels.elementwise_kernel(
     "miniran_sgd_update_plain",
     "T g, T lr, T wd",
     "T p",
