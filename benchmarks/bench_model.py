@@ -349,8 +349,10 @@ def measure(args):
             print("torch has no CUDA device: timing miniran (CuPy) only", file=sys.stderr)
             torch = None
     info = machine_info(args.threads, args.device, torch)
-    # (getattr: the script also times checkouts from before miniran had its own CPU threads)
-    info["miniran_cpu_threads"] = getattr(backend, "cpu_threads", lambda: 1)()
+    # (getattr: the script also times checkouts from before miniran had its own CPU
+    # threads, and from before they moved from miniran.backend to miniran.threads)
+    threads_module = getattr(miniran, "threads", backend)
+    info["miniran_cpu_threads"] = getattr(threads_module, "cpu_threads", lambda: 1)()
     info["fast_cpu_paths"] = not args.reference
 
     sync_mr = sync_t = None
@@ -397,7 +399,7 @@ def measure(args):
             mr_model(x_mr)
 
     if args.reference:  # the readable reference code of every function instead of the fast paths
-        ref = backend.reference_cpu_paths()
+        ref = miniran.reference_only() if hasattr(miniran, "reference_only") else backend.reference_cpu_paths()
 
         def wrap(fn):
             def run():

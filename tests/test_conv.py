@@ -13,8 +13,9 @@ import numpy as np
 
 import pytest
 
+import miniran
 import miniran.functional as F
-from miniran import Tensor, backend, gradcheck, nn
+from miniran import Tensor, gradcheck, nn
 from miniran.functional.conv import col2im, conv_output_size, im2col
 
 
@@ -221,10 +222,10 @@ def test_gradcheck_directional_bigger(stride, padding, k, rng):
 
 # what each CPU path keeps from its forward pass for the weight gradient
 KEPT_FOR_WEIGHT_GRAD = {
-    "reference": lambda f: f.col2d,
-    "batched": lambda f: f.col3,
-    "pointwise": lambda f: f.x3,
-    "winograd": lambda f: f.pieces[0][2].V,  # the transformed input of the first group of images
+    "Conv2dFunction": lambda f: f.col2d,
+    "Conv2dBatchedCPU": lambda f: f.col3,
+    "Conv2dPointwiseCPU": lambda f: f.x3,
+    "Conv2dWinogradCPU": lambda f: f.pieces[0][2].V,  # the transformed input of the first group of images
 }
 
 
@@ -232,13 +233,13 @@ KEPT_FOR_WEIGHT_GRAD = {
 @pytest.mark.parametrize("stride,k,c,size", [(1, 3, 3, 6), (1, 3, 8, 16), (2, 3, 3, 6), (1, 1, 3, 6), (2, 1, 3, 6)])
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_only_requested_gradients_are_computed(which, stride, k, c, size, fast, rng):
-    # (1, 3, 8, 16): big enough for the Winograd path (see Conv2dFunction._winograd_pays)
+    # (1, 3, 8, 16): big enough for the Winograd twin (see Conv2dWinogradCPU.suits)
     ts = [Tensor(a) for a in _inputs(rng, (2, c, size, size), (4, c, k, k), True)]
     ts[which].requires_grad = True
-    with contextlib.nullcontext() if fast else backend.reference_cpu_paths():
+    with contextlib.nullcontext() if fast else miniran.reference_only():
         y = F.conv2d(*ts, stride=stride, padding=k // 2)
         # the unfolded input is only kept for the weight gradient
-        kept = KEPT_FOR_WEIGHT_GRAD[y.creator.path](y.creator)
+        kept = KEPT_FOR_WEIGHT_GRAD[type(y.creator).__name__](y.creator)
         assert (kept is not None) == (which == 1)
         y.backward(rng.standard_normal(y.shape))
     assert [t.grad is not None for t in ts] == [i == which for i in range(3)]

@@ -1,7 +1,7 @@
 """Every declared GPU kernel compiles with NVRTC, exactly as CuPy would generate it.
 
 No GPU is needed: tools/nvrtc_check.py builds CuPy's source for each kernel of
-``miniran.backend.KERNELS`` and compiles it with NVRTC for fixed architectures.
+``miniran.kernels.KERNELS`` and compiles it with NVRTC for fixed architectures.
 It needs the real CuPy with NVRTC and the CUDA runtime headers, which the test
 suite's own environment may not have (and must not be the CuPy stand-in), so it
 runs in a subprocess with the first of:
@@ -91,13 +91,13 @@ def test_every_declared_kernel_compiles_with_nvrtc(nvrtc_python):
     assert proc.returncode == 0, f"a GPU kernel does not compile:\n{out}"
     # every kernel that miniran declares (all of its modules imported here too) was checked
     import miniran
-    from miniran import backend
+    from miniran import kernels
 
     for info in pkgutil.walk_packages(miniran.__path__, "miniran."):
         if not info.name.endswith(".__main__"):
             importlib.import_module(info.name)
-    assert backend.KERNELS, "miniran declares no GPU kernel?"
-    for name in backend.KERNELS:
+    assert kernels.KERNELS, "miniran declares no GPU kernel?"
+    for name in kernels.KERNELS:
         assert f"OK   {name} [" in out, f"{name} was not checked:\n{out}"
     print(out)  # compile times, shown with -s or on failure
 
@@ -125,8 +125,8 @@ _BROKEN = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, {tools!r})
     import nvrtc_check
-    from miniran import backend
-    from miniran.backend import KernelSpec
+    from miniran import kernels
+    from miniran.kernels import KernelSpec
 
     def ew(name, op, **kw):
         return KernelSpec("elementwise", name, dict(
@@ -146,7 +146,7 @@ _BROKEN = textwrap.dedent('''
     ]
     specs[0].dtypes = ["float32"]
     results = nvrtc_check.check_specs(specs, archs=("80",))
-    assert not any(s.name in backend.KERNELS for s in specs)
+    assert not any(s.name in kernels.KERNELS for s in specs)
     print(json.dumps([r._asdict() for r in results]))
 ''')
 
@@ -178,8 +178,8 @@ def test_checker_reports_syntax_errors_and_undefined_identifiers(nvrtc_python):
 def test_command_exits_non_zero_on_a_broken_kernel(nvrtc_python, tmp_path):
     module = tmp_path / "broken_kernels.py"
     module.write_text(textwrap.dedent('''
-        from miniran import backend
-        backend.elementwise_kernel("scratch_cli_broken", "T x", "T y", "y = x +* 2")
+        from miniran import kernels
+        kernels.elementwise_kernel("scratch_cli_broken", "T x", "T y", "y = x +* 2")
     '''))
     proc = _run(nvrtc_python, str(SCRIPT), "--arch", "80", "--import", str(module),
                 "scratch_cli_broken", "miniran_im2col_batched")

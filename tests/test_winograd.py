@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolution (miniran.functional.winograd) against independent references.
+"""Winograd F(2x2, 3x3) convolution (miniran.fast.winograd) against independent references.
 
 Oracles: im2col + one matrix product (float64) and col2im for the gradients
 (the readable path of miniran.functional.conv), a naive loop convolution,
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from miniran.functional.conv import col2im, im2col
-from miniran.functional import winograd as wg
-from miniran.functional.winograd import (
+from miniran.fast import winograd as wg
+from miniran.fast.winograd import (
     conv3x3_winograd_backward,
     conv3x3_winograd_forward,
     winograd_supported,

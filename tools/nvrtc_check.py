@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Compile every GPU kernel of miniran with NVRTC, as CuPy would, without a GPU.
 
-Every CuPy kernel of miniran is declared through ``miniran.backend``
+Every CuPy kernel of miniran is declared through ``miniran.kernels``
 (``elementwise_kernel``, ``reduction_kernel``, ``raw_kernel``), which records a
-``KernelSpec`` in ``miniran.backend.KERNELS``. CuPy compiles a kernel only on
+``KernelSpec`` in ``miniran.kernels.KERNELS``. CuPy compiles a kernel only on
 its first launch, on a GPU, so a CUDA syntax error would otherwise only show up
 there. This script builds, for every declared kernel and every dtype it is
 checked for, the exact CUDA source CuPy generates at launch and compiles it with
@@ -430,7 +430,7 @@ def declared_kernels(extra_modules=()) -> dict:
     """Import every module of miniran (so that each declares its kernels), then
     ``extra_modules`` (dotted names or .py paths), and return KERNELS."""
     import miniran
-    from miniran import backend
+    from miniran import kernels
 
     for info in pkgutil.walk_packages(miniran.__path__, "miniran."):
         if info.name.rsplit(".", 1)[-1] == "__main__":
@@ -443,7 +443,7 @@ def declared_kernels(extra_modules=()) -> dict:
             spec.loader.exec_module(mod)
         else:
             importlib.import_module(module)
-    return dict(backend.KERNELS)
+    return dict(kernels.KERNELS)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
-"""3x3 convolution by Winograd's minimal filtering F(2x2, 3x3): a fast CPU path.
+"""3x3 convolution by Winograd's minimal filtering F(2x2, 3x3): the engine's fast CPU convolution.
 
 This module works on raw NumPy arrays (no autograd). It computes exactly what
-:mod:`miniran.functional.conv` computes for a 3x3 kernel with stride 1 and any
+:func:`miniran.functional.conv2d` computes for a 3x3 kernel with stride 1 and any
 zero padding, and its backward pass, with fewer multiplications and far less
 memory traffic than im2col. The readable im2col code stays the reference it is
 tested against (``tests/test_winograd.py``).
