@@ -1,11 +1,16 @@
 """Batch norm: gradient checks (float64, random upstream gradient), hand-computed
-references, running-statistic updates, the layer, validation, GPU and torch agreement."""
+references, running-statistic updates, the layer, validation, GPU and torch agreement,
+and the engine's twins (``BatchNormCPU``, ``BatchNormGPU``) against the reference
+``BatchNorm`` on the same device."""
+
+import contextlib
 
 import numpy as np
 import pytest
 
 import miniran
 import miniran.functional as F
+import miniran.threads
 from miniran import Tensor, gradcheck, nn
 
 SHAPES = [(4, 3, 2, 3), (6, 4)]  # (N, C, H, W) and (N, C)
@@ -295,3 +300,212 @@ def test_batch_norm_relu_is_relu_of_batch_norm(training, rng):
     for a, b_ in zip(*results):
         np.testing.assert_allclose(b_, a, rtol=1e-12, atol=1e-12)
     gradcheck(lambda x, g, b: F.batch_norm_relu(x, None, None, g, b, training=True), [x, g, b])
+
+
+# --------------------------------------------------------------------------- the twins against the reference
+# The engine's twins of BatchNorm (miniran/fast/norm_cpu.py, norm_gpu.py) must give
+# the reference's numbers, forward and backward, running statistics included.
+# CPU: miniran's threads are forced on even small arrays (PARALLEL_MIN_ELEMENTS
+# lowered), 1 to 3 of them, so uneven splits of the batch are exercised too.
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+def threads(request, monkeypatch):
+    """1, 2 or 3 CPU threads, used on arrays of any size (reset to the default after)."""
+    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
+    miniran.threads.set_cpu_threads(request.param)
+    yield request.param
+    miniran.threads.set_cpu_threads(None)
+
+
+def _run(fn, *arrays, upstream, reference, expect=None):
+    """Output and input gradients of ``fn`` on Tensors made from ``arrays`` (copies).
+
+    ``reference``: inside ``miniran.reference_only()``. ``expect``: the class
+    name the output's creator must have (which code ran).
+    """
+    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    if reference:
+        with miniran.reference_only():
+            y = fn(*ts)
+            y.backward(upstream)
+    else:
+        y = fn(*ts)
+        y.backward(upstream)
+    if expect is not None:
+        assert type(y.creator).__name__ == expect
+    return [y.data] + [t.grad for t in ts]
+
+
+def _assert_close(fast, ref, rtol, what):
+    for i, (a, b) in enumerate(zip(fast, ref)):
+        a, b = miniran.backend.to_numpy(a), miniran.backend.to_numpy(b)
+        err = np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30)
+        assert err <= rtol, f"{what}: output {i} differs from the reference by {err:.2e} (relative)"
+
+
+def _twin_and_reference(xp, shape, relu, training, offset, dtype, rng, twin):
+    """[y, gx, ggamma, gbeta, running_mean, running_var] (NumPy copies) of three runs on xp.
+
+    "twin" (the class named ``twin`` must run), "reference" (``reference_only()``)
+    in ``dtype``, and "exact", the reference in float64 on the same values.
+    """
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)  # big offset: E[x^2] - E[x]^2 would cancel
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    if relu:  # keep pre-activations away from the ReLU's kink, where rounding flips the mask
+        gy = gy * (np.abs(rng.standard_normal(shape)) > 0.05).astype(dtype)
+    fn = F.batch_norm_relu if relu else F.batch_norm
+    runs = {}
+    for name, reference, dt in (("twin", False, dtype), ("reference", True, dtype), ("exact", True, np.float64)):
+        rm, rv = xp.full(c, offset, dtype=dt), xp.full(c, 4.0, dtype=dt)
+        out = _run(lambda t, g, b: fn(t, rm, rv, g, b, training=training),
+                   *(xp.asarray(a.astype(dt)) for a in (x, gamma, beta)), upstream=xp.asarray(gy.astype(dt)),
+                   reference=reference, expect="BatchNorm" if reference else twin)
+        runs[name] = [miniran.backend.to_numpy(a) for a in out + [rm, rv]]
+        assert all(a.dtype == dt for a in runs[name]), name
+    return runs
+
+
+def _errors(fast, ref, relu):
+    """Relative error of each of the six outputs of ``fast`` against ``ref`` (None: not compared)."""
+    fast, ref = list(fast), list(ref)
+    compared = [True] * len(ref)
+    if relu:  # compare where the ReLU mask agrees (both paths agree everywhere but at ties)
+        mask = (ref[0] > 1e-9) == (fast[0] > 1e-9)
+        assert mask.mean() > 0.999
+        fast[1], ref[1] = fast[1] * mask, ref[1] * mask
+        # gamma/beta gradients sum over the whole channel: compare only without flips
+        if not mask.all():
+            compared[2] = compared[3] = False
+    return [np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30) if keep else None
+            for a, b, keep in zip(fast, ref, compared)]
+
+
+_NAMES = ["y", "gx", "ggamma", "gbeta", "running_mean", "running_var"]
+
+
+def _assert_twin_matches_reference(runs, relu, dtype, what):
+    """float64: the twin is the reference up to 1e-10. float32: both round, so the twin must be
+    within 1e-4 of the float32 reference, and its error against the float64 reference no more
+    than twice the float32 reference's own (or 3e-5, float32 rounding of these sums)."""
+    if dtype == np.float64:
+        for name, err in zip(_NAMES, _errors(runs["twin"], runs["reference"], relu)):
+            assert err is None or err <= 1e-10, f"{what}: {name} differs from the reference by {err:.2e}"
+        return
+    direct = _errors(runs["twin"], runs["reference"], relu)
+    twin, ref = _errors(runs["twin"], runs["exact"], relu), _errors(runs["reference"], runs["exact"], relu)
+    for name, d, t, r in zip(_NAMES, direct, twin, ref):
+        if d is None or t is None or r is None:
+            continue
+        assert t <= max(2 * r, 3e-5), f"{what}: {name} off by {t:.2e}, the float32 reference by {r:.2e}"
+        assert d <= max(1e-4, 2 * r), f"{what}: {name} differs from the float32 reference by {d:.2e}"
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 6), (7, 4, 4, 4), (2, 6, 1, 1), (3, 5, 3, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("offset", [0.5, 300.0], ids=["centred", "big-mean"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_twin_matches_reference(shape, relu, training, offset, dtype, threads, rng):
+    runs = _twin_and_reference(np, shape, relu, training, offset, dtype, rng, "BatchNormCPU")
+    _assert_twin_matches_reference(runs, relu, dtype, f"{shape} relu={relu} training={training} {dtype.__name__}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_twin_keeps_dtype_and_is_accurate_in_float32(dtype, threads, rng):
+    x = (rng.standard_normal((6, 5, 8, 8)) * 3 + 2).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    g, b = np.ones(5, dtype), np.zeros(5, dtype)
+    fast = _run(lambda t: F.batch_norm(t, None, None, g, b, training=True), x, upstream=gy, reference=False,
+                expect="BatchNormCPU")
+    exact = _run(lambda t: F.batch_norm(t, None, None, g, b, training=True), x.astype(np.float64),
+                 upstream=gy.astype(np.float64), reference=True, expect="BatchNorm")
+    assert all(a.dtype == dtype for a in fast)
+    _assert_close(fast, exact, 1e-5 if dtype == np.float32 else 1e-12, f"batch norm {dtype.__name__}")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_cpu_twin_gradcheck(relu, threads, rng):
+    x = rng.standard_normal((5, 3, 4, 4)) + 1.0
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    fn = F.batch_norm_relu if relu else F.batch_norm
+    t = Tensor(x, requires_grad=True)
+    assert type(fn(t, None, None, Tensor(gamma), Tensor(beta)).creator).__name__ == "BatchNormCPU"
+    gradcheck(lambda t, g, b: fn(t, None, None, g, b, training=True), [x, gamma, beta])
+
+
+def test_cpu_twin_takes_a_strided_input_and_frozen_parameters(threads, rng):
+    """A non-contiguous x (a slice) and gamma without a gradient give the reference's numbers."""
+    base = rng.standard_normal((5, 3, 8, 7)) + 2.0
+    x = base[:, :, ::2, 1:]  # (5, 3, 4, 6), strided
+    g, b = rng.standard_normal(3), rng.standard_normal(3)
+    gy = rng.standard_normal(x.shape)
+    results = []
+    for reference in (False, True):
+        tx, tb = Tensor(x, requires_grad=True), Tensor(b, requires_grad=True)
+        with miniran.reference_only() if reference else contextlib.nullcontext():
+            y = F.batch_norm(tx, None, None, Tensor(g), tb, training=True)
+            y.backward(gy)
+        assert type(y.creator).__name__ == ("BatchNorm" if reference else "BatchNormCPU")
+        results.append([y.data, tx.grad, tb.grad])
+    _assert_close(results[0], results[1], 1e-10, "strided x")
+
+
+def test_dispatch_picks_the_cpu_twin_for_4d_numpy_only(rng):
+    x4, x2 = Tensor(rng.standard_normal((2, 3, 4, 4))), Tensor(rng.standard_normal((5, 3)))
+    for fn in (F.batch_norm, F.batch_norm_relu):
+        t4 = Tensor(x4.data, requires_grad=True)
+        assert type(fn(t4).creator).__name__ == "BatchNormCPU"
+        assert type(fn(Tensor(x2.data, requires_grad=True)).creator).__name__ == "BatchNorm"  # 2-D: the reference
+        with miniran.reference_only():
+            assert type(fn(t4).creator).__name__ == "BatchNorm"
+    # without a graph (no gradient asked for): the same twin, the same numbers; the reference within rounding
+    np.testing.assert_allclose(F.batch_norm(x4).data, F.batch_norm(Tensor(x4.data, requires_grad=True)).data,
+                               rtol=0, atol=0)
+    with miniran.reference_only():
+        ref = F.batch_norm(x4).data
+    np.testing.assert_allclose(F.batch_norm(x4).data, ref, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the GPU twin (stand-in or real GPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (6, 5), (3, 7, 1, 1), (5, 2, 3, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("offset", [0.5, 300.0], ids=["centred", "big-mean"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gpu_twin_matches_reference_on_the_same_device(cp, shape, relu, training, offset, dtype, rng):
+    runs = _twin_and_reference(cp, shape, relu, training, offset, dtype, rng, "BatchNormGPU")
+    _assert_twin_matches_reference(runs, relu, dtype, f"{shape} relu={relu} training={training} {dtype.__name__}")
+
+
+@pytest.mark.gpu
+def test_dispatch_picks_the_gpu_twin_and_the_reference_under_the_switch(cp, rng):
+    for shape in ((2, 3, 4, 4), (5, 3)):
+        t = Tensor(cp.asarray(rng.standard_normal(shape)), requires_grad=True)
+        for fn in (F.batch_norm, F.batch_norm_relu):
+            assert type(fn(t).creator).__name__ == "BatchNormGPU"
+            with miniran.reference_only():
+                assert type(fn(t).creator).__name__ == "BatchNorm"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("relu", [False, True])
+def test_gpu_twin_launches_two_kernels_forward_and_two_backward(cp, relu, rng):
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+
+    fn = F.batch_norm_relu if relu else F.batch_norm
+    x = Tensor(cp.asarray(rng.standard_normal((4, 3, 5, 5)).astype(np.float32)), requires_grad=True)
+    g, b = (Tensor(cp.asarray(rng.standard_normal(3).astype(np.float32)), requires_grad=True) for _ in range(2))
+    rm, rv = cp.zeros(3, dtype=cp.float32), cp.ones(3, dtype=cp.float32)
+    gy = cp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+    with cupy_standin.counting() as forward:
+        y = fn(x, rm, rv, g, b, training=True)
+    with cupy_standin.counting() as backward:
+        y.backward(gy)
+    assert forward.launches == 2, forward.launches_by_name.most_common()
+    assert backward.launches == 2, backward.launches_by_name.most_common()
