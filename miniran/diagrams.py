@@ -148,6 +148,26 @@ def attention_module(module=None, *, p=1, t=2, r=1, pools=3, residual=True, size
     _arrow(ax, x_in, pre)
     _arrow(ax, pre, trunk, rad=-0.2)
 
+    head, level_y = _soft_mask_branch(ax, pre, pools, r, step, dy, w, h, y_mask)
+    fuse = _box(ax, (x_end - step, y_main), "(1 + M) * T" if residual else "M * T", w * 0.9, h, COLOURS["fuse"])
+    _arrow(ax, trunk, fuse, rad=-0.2)
+    _arrow(ax, head, fuse, rad=0.2)
+    post = _box(ax, (x_end, y_main), f"post:\np = {p} units", w, h, COLOURS["unit"])
+    out = _box(ax, (x_end + step, y_main), "output H", w * 0.8, h, COLOURS["io"])
+    _arrow(ax, fuse, post)
+    _arrow(ax, post, out)
+    _mask_levels_and_legend(ax, level_y, step, size)
+    _fit(ax)
+    ax.set_title(f"Attention Module (Fig. 2): p = {p}, t = {t}, r = {r}, {pools} poolings, "
+                 + ("attention residual learning" if residual else "naive attention learning"), fontsize=9)
+    return fig
+
+
+def _soft_mask_branch(ax, pre, pools, r, step, dy, w, h, y_mask):
+    """The hourglass of the soft mask branch, from the ``pre`` box to the head that gives M.
+
+    Returns the head's box and the y of each level (level 0 is the head's row).
+    """
     # soft mask branch: down (pool, then units), up (upsample, + skip, units), head
     level_y = [y_mask - dy * level for level in range(pools + 1)]
     previous, encoder = pre, []
@@ -172,13 +192,11 @@ def attention_module(module=None, *, p=1, t=2, r=1, pools=3, residual=True, size
                 "upsample to T's size\nBN-ReLU-1x1 (x2)\nsigmoid  ->  M", w * 1.05, h * 1.4, COLOURS["mask"],
                 fontsize=7)
     _arrow(ax, previous, head)
-    fuse = _box(ax, (x_end - step, y_main), "(1 + M) * T" if residual else "M * T", w * 0.9, h, COLOURS["fuse"])
-    _arrow(ax, trunk, fuse, rad=-0.2)
-    _arrow(ax, head, fuse, rad=0.2)
-    post = _box(ax, (x_end, y_main), f"post:\np = {p} units", w, h, COLOURS["unit"])
-    out = _box(ax, (x_end + step, y_main), "output H", w * 0.8, h, COLOURS["io"])
-    _arrow(ax, fuse, post)
-    _arrow(ax, post, out)
+    return head, level_y
+
+
+def _mask_levels_and_legend(ax, level_y, step, size):
+    """The resolution of each level of the mask, and the meaning of p, t and r below the drawing."""
     for level, y in enumerate(level_y[1:], start=1):
         side = max(1, size // 2 ** level)
         ax.text(step * 0.9, y, f"level {level}: {side}x{side}", fontsize=7, ha="right", va="center",
@@ -187,10 +205,6 @@ def attention_module(module=None, *, p=1, t=2, r=1, pools=3, residual=True, size
             "p: residual units before the split and after the fusion;  t: residual units in the trunk branch;\n"
             "r: residual units between adjacent max poolings in the soft mask branch (2r at the lowest level).",
             fontsize=8, ha="left", va="center")
-    _fit(ax)
-    ax.set_title(f"Attention Module (Fig. 2): p = {p}, t = {t}, r = {r}, {pools} poolings, "
-                 + ("attention residual learning" if residual else "naive attention learning"), fontsize=9)
-    return fig
 
 
 # --------------------------------------------------------------------------- (b) the bottleneck unit
@@ -440,9 +454,17 @@ def im2col_window(x=None, kernel_size=3, stride=1, padding=1, position=(0, 0), a
     for a in axes:
         a.set_axis_off()
         a.set_aspect("equal")
+    cmap = plt.get_cmap("tab10")
+    _draw_padded_window(left, x, padding, k, stride, (i, j), cmap)
+    _draw_im2col_matrix(right, matrix, k, (oh, ow), column, cmap)
+    return fig
+
+
+def _draw_padded_window(left, x, padding, k, stride, position, cmap):
+    """The padded input, each cell coloured by the kernel tap that reads it, the window outlined."""
+    i, j = position
     xpad = np.pad(x, padding)
     hp, wp = xpad.shape
-    cmap = plt.get_cmap("tab10")
     for u in range(hp):
         for v in range(wp):
             pad = not (padding <= u < hp - padding and padding <= v < wp - padding)
@@ -458,6 +480,11 @@ def im2col_window(x=None, kernel_size=3, stride=1, padding=1, position=(0, 0), a
     left.set_ylim(-hp + 0.8, 1.2)
     left.set_title(f"input {x.shape[0]}x{x.shape[1]}, padding {padding} (hatched: zeros)\n"
                    f"window of output ({i}, {j}), {k}x{k}, stride {stride}", fontsize=9)
+
+
+def _draw_im2col_matrix(right, matrix, k, out_hw, column, cmap):
+    """The (k*k, OH*OW) matrix of im2col, the window's column highlighted in the tap colours."""
+    oh, ow = out_hw
     for row in range(k * k):
         for c in range(oh * ow):
             hit = c == column
@@ -474,4 +501,3 @@ def im2col_window(x=None, kernel_size=3, stride=1, padding=1, position=(0, 0), a
     right.set_ylim(-k * k + 0.8, 2.4)
     right.set_title(f"col = F.im2col(...) as a ({k * k}, {oh * ow}) matrix: rows = kernel taps, "
                     f"columns = output positions (i, j);\nthe window is column {column}", fontsize=9)
-    return fig

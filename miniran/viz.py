@@ -187,16 +187,38 @@ def attention_maps(model, images, mean=None, std=None, batch_size=100, bn_mode="
     named = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionModule)]
     if not named:
         raise ValueError(f"{type(model).__name__} has no AttentionModule: no masks to show")
-    stage_of = {}
-    for name, _ in named:
-        parts = name.split(".")
-        stage_of[name] = int(parts[1]) + 1 if len(parts) > 1 and parts[0] == "stages" and parts[1].isdigit() else 0
+    stage_of = _stages(named)
     x_all = to_input(images, model, mean, std)
     if _is_pixels(_as_array(images)):
         display = display_images(images)
     else:  # a normalised tensor: undo the normalisation when it is known
         display = display_images(x_all, mean, std)
 
+    captured, logits = _record_maps(model, named, x_all, batch_size, bn_mode)
+    modules = [
+        ModuleMaps(name, stage_of[name], np.concatenate(captured[name]["mask"]),
+                   np.concatenate(captured[name]["trunk"]), bool(m.residual))
+        for name, m in named
+    ]
+    return AttentionMaps(modules, display, np.concatenate(logits), bn_mode)
+
+
+def _stages(named):
+    """``{name: stage}``: the stage (1, 2, 3) of each ``stages.<k>...`` module, 0 for any other."""
+    stage_of = {}
+    for name, _ in named:
+        parts = name.split(".")
+        stage_of[name] = int(parts[1]) + 1 if len(parts) > 1 and parts[0] == "stages" and parts[1].isdigit() else 0
+    return stage_of
+
+
+def _record_maps(model, named, x_all, batch_size, bn_mode):
+    """Run ``model`` on ``x_all`` with forward hooks on each module's mask and trunk branches.
+
+    Returns ``({name: {"mask": [arrays], "trunk": [arrays]}}, [logits of each batch])``;
+    the hooks are removed, the running statistics (``bn_mode="batch"``) and the
+    training flag restored, even after an error.
+    """
     captured = {name: {"mask": [], "trunk": []} for name, _ in named}
     handles = []
 
@@ -227,12 +249,7 @@ def attention_maps(model, images, mean=None, std=None, batch_size=100, bn_mode="
         if saved is not None:
             model.load_state_dict(saved)
         model.train(was_training)
-    modules = [
-        ModuleMaps(name, stage_of[name], np.concatenate(captured[name]["mask"]),
-                   np.concatenate(captured[name]["trunk"]), bool(m.residual))
-        for name, m in named
-    ]
-    return AttentionMaps(modules, display, np.concatenate(logits), bn_mode)
+    return captured, logits
 
 
 def calibrate_batch_norm(model, images, mean=None, std=None, batch_size=100):

@@ -81,11 +81,23 @@ def gradcheck(
     if mode not in ("auto", "elementwise", "directional"):
         raise ValueError(f"mode must be 'auto', 'elementwise' or 'directional', got {mode!r}")
     rng = np.random.default_rng(seed)
+    tensors, checked, saved_grads = _checked_inputs(inputs)
+    try:
+        return _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, rng, raise_exception)
+    finally:
+        for i, g in saved_grads.items():
+            tensors[i].grad = g
 
-    # float64 leaf copies of the inputs to check; others pass through unchanged.
-    # A float64 leaf that requires grad (e.g. a module's Parameter) is checked in
-    # place, so ``gradcheck(lambda x, *ps: model(x), [x, *model.parameters()])``
-    # checks the parameter gradients of a float64 model.
+
+def _checked_inputs(inputs):
+    """The tensors to call ``fn`` with, the indices of those checked, and the saved ``.grad`` of any
+    checked in place.
+
+    Floating-point inputs become float64 leaf copies; others pass through unchanged.
+    A float64 leaf that requires grad (e.g. a module's Parameter) is checked in
+    place, so ``gradcheck(lambda x, *ps: model(x), [x, *model.parameters()])``
+    checks the parameter gradients of a float64 model.
+    """
     tensors, checked, saved_grads = [], [], {}
     for i, x in enumerate(inputs):
         requires = x.requires_grad if isinstance(x, Tensor) else True
@@ -101,19 +113,41 @@ def gradcheck(
         else:
             t = x if isinstance(x, Tensor) else Tensor(data)
         tensors.append(t)
-    try:
-        return _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, rng, raise_exception)
-    finally:
-        for i, g in saved_grads.items():
-            tensors[i].grad = g
+    return tensors, checked, saved_grads
 
 
 def _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, rng, raise_exception):
     if not checked:
         raise ValueError("gradcheck: no floating-point input requires a gradient")
     xp = backend.get_array_module(*[t.data for t in tensors])
+    gys = _analytic_gradients(fn, tensors, rng, xp)
 
-    # analytic gradients with a random upstream gradient
+    total_elems = sum(tensors[i].size for i in checked)
+    if mode == "auto":
+        mode = "elementwise" if total_elems <= max_elementwise else "directional"
+
+    ok = True
+    for i in checked:
+        t = tensors[i]
+        analytic = t.grad if t.grad is not None else xp.zeros_like(t.data)
+        analytic = backend.to_numpy(analytic).astype(np.float64)
+        if mode == "elementwise":
+            msg = _check_elementwise(fn, tensors, gys, i, analytic, eps, atol, rtol)
+        else:
+            msg = _check_directional(fn, tensors, gys, i, analytic, eps, atol, rtol, rng, seed, xp)
+        if msg is not None:
+            ok = False
+            if raise_exception:
+                raise GradcheckError(msg)
+    return ok
+
+
+def _analytic_gradients(fn, tensors, rng, xp):
+    """Run ``fn`` and backward with a random upstream gradient ``gy ~ U(-1, 1)`` per output.
+
+    Leaves the analytic gradients in the tensors' ``.grad`` and returns the ``gy``
+    of each output (None for an output that does not depend on the checked inputs).
+    """
     with enable_grad():
         outs = fn(*tensors)
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
@@ -128,62 +162,57 @@ def _check(fn, tensors, checked, eps, atol, rtol, mode, max_elementwise, seed, r
     roots = [(o, g) for o, g in zip(outs, gys) if g is not None]
     # the gradient of sum_i <gy_i, out_i>: one graph walk from every output at once
     graph.backward([o for o, _ in roots], [g.astype(o.dtype) for o, g in roots])
+    return gys
 
-    total_elems = sum(tensors[i].size for i in checked)
-    if mode == "auto":
-        mode = "elementwise" if total_elems <= max_elementwise else "directional"
 
-    ok = True
-    for i in checked:
-        t = tensors[i]
-        analytic = t.grad if t.grad is not None else xp.zeros_like(t.data)
-        analytic = backend.to_numpy(analytic).astype(np.float64)
-        original = t.data.copy()
-        if mode == "elementwise":
-            numeric = np.zeros(t.shape, dtype=np.float64)
-            flat = t.data.reshape(-1)  # view: writes go to t.data
-            for k in range(t.size):
-                v = float(flat[k])
-                flat[k] = v + eps
-                lp = _forward_scalar(fn, tensors, gys)
-                flat[k] = v - eps
-                lm = _forward_scalar(fn, tensors, gys)
-                flat[k] = v
-                numeric.reshape(-1)[k] = (lp - lm) / (2 * eps)
-            err = np.abs(analytic - numeric)
-            bound = atol + rtol * np.abs(numeric)
-            if np.any(err > bound) or not np.all(np.isfinite(analytic)):
-                ok = False
-                worst = tuple(int(w) for w in np.unravel_index(int(np.argmax(err - bound)), t.shape))
-                msg = (
-                    f"gradcheck failed for input {i} (shape {t.shape}): worst element {worst}: "
-                    f"analytic {analytic[worst]:.8g} vs numerical {numeric[worst]:.8g} "
-                    f"(|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * |numerical|); "
-                    f"{int((err > bound).sum())} of {t.size} elements out of tolerance"
-                )
-                if raise_exception:
-                    raise GradcheckError(msg)
-        else:
-            # a random unit direction with a floor on |components|, so no
-            # element is left out of the check by a near-zero weight
-            d = rng.uniform(0.5, 1.0, size=t.shape) * rng.choice([-1.0, 1.0], size=t.shape)
-            d /= np.linalg.norm(d)
-            d_dev = xp.asarray(d)
-            t.data[...] = original + eps * d_dev
-            lp = _forward_scalar(fn, tensors, gys)
-            t.data[...] = original - eps * d_dev
-            lm = _forward_scalar(fn, tensors, gys)
-            t.data[...] = original
-            numeric = (lp - lm) / (2 * eps)
-            predicted = float((analytic * d).sum())
-            if not abs(predicted - numeric) <= atol + rtol * abs(numeric) or not np.isfinite(predicted):
-                ok = False
-                msg = (
-                    f"gradcheck failed for input {i} (shape {t.shape}) in directional mode: "
-                    f"analytic <grad, d> {predicted:.8g} vs numerical {numeric:.8g} "
-                    f"(|diff| {abs(predicted - numeric):.3g}, atol {atol:g}, rtol {rtol:g}); "
-                    f"direction d drawn with seed {seed}"
-                )
-                if raise_exception:
-                    raise GradcheckError(msg)
-    return ok
+def _check_elementwise(fn, tensors, gys, i, analytic, eps, atol, rtol):
+    """Central differences on every element of input ``i``; the failure message, or None when it passes."""
+    t = tensors[i]
+    numeric = np.zeros(t.shape, dtype=np.float64)
+    flat = t.data.reshape(-1)  # view: writes go to t.data
+    for k in range(t.size):
+        v = float(flat[k])
+        flat[k] = v + eps
+        lp = _forward_scalar(fn, tensors, gys)
+        flat[k] = v - eps
+        lm = _forward_scalar(fn, tensors, gys)
+        flat[k] = v
+        numeric.reshape(-1)[k] = (lp - lm) / (2 * eps)
+    err = np.abs(analytic - numeric)
+    bound = atol + rtol * np.abs(numeric)
+    if not np.any(err > bound) and np.all(np.isfinite(analytic)):
+        return None
+    worst = tuple(int(w) for w in np.unravel_index(int(np.argmax(err - bound)), t.shape))
+    return (
+        f"gradcheck failed for input {i} (shape {t.shape}): worst element {worst}: "
+        f"analytic {analytic[worst]:.8g} vs numerical {numeric[worst]:.8g} "
+        f"(|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * |numerical|); "
+        f"{int((err > bound).sum())} of {t.size} elements out of tolerance"
+    )
+
+
+def _check_directional(fn, tensors, gys, i, analytic, eps, atol, rtol, rng, seed, xp):
+    """Central differences of input ``i`` along one random direction ``d`` against ``<grad, d>``;
+    the failure message, or None when it passes."""
+    t = tensors[i]
+    original = t.data.copy()
+    # a random unit direction with a floor on |components|, so no
+    # element is left out of the check by a near-zero weight
+    d = rng.uniform(0.5, 1.0, size=t.shape) * rng.choice([-1.0, 1.0], size=t.shape)
+    d /= np.linalg.norm(d)
+    d_dev = xp.asarray(d)
+    t.data[...] = original + eps * d_dev
+    lp = _forward_scalar(fn, tensors, gys)
+    t.data[...] = original - eps * d_dev
+    lm = _forward_scalar(fn, tensors, gys)
+    t.data[...] = original
+    numeric = (lp - lm) / (2 * eps)
+    predicted = float((analytic * d).sum())
+    if abs(predicted - numeric) <= atol + rtol * abs(numeric) and np.isfinite(predicted):
+        return None
+    return (
+        f"gradcheck failed for input {i} (shape {t.shape}) in directional mode: "
+        f"analytic <grad, d> {predicted:.8g} vs numerical {numeric:.8g} "
+        f"(|diff| {abs(predicted - numeric):.3g}, atol {atol:g}, rtol {rtol:g}); "
+        f"direction d drawn with seed {seed}"
+    )

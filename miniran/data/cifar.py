@@ -351,7 +351,7 @@ def load_cifar10(root=None, train: bool = True, download: bool = True, verify: b
         train: the 50,000 training images (``data_batch_1..5.bin`` in order) or
             the 10,000 test images (``test_batch.bin``).
         download: fetch and unpack the official archive when the files are missing.
-        verify: check each file's md5 against the published one (about 0.3 s for all).
+        verify: check each file's md5 against the published one.
         fetch: replacement download function ``fetch(url, path)`` (for tests).
 
     Returns:

@@ -26,6 +26,42 @@ from miniran.data.augment import compute_normalization, crop_flip, draw_crop_fli
 __all__ = ["DataLoader"]
 
 
+def _check_dataset(images, labels, batch_size, normalize, num_classes):
+    """One ValueError naming the first argument of :class:`DataLoader` that does not fit."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if normalize not in ("pixel", "channel", None):
+        raise ValueError(f"normalize must be 'pixel', 'channel' or None, got {normalize!r}")
+    if images.shape[0] == 0:
+        raise ValueError("the dataset is empty")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    # Checked here, once, on the host: on the GPU an out-of-range label is
+    # not an error but silently wraps around (CuPy's fancy indexing), and a
+    # check per batch would make the host wait for the GPU every step.
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= int(num_classes)):
+        expected = f"[0, {int(num_classes)})" if num_classes is not None else ">= 0"
+        raise ValueError(f"labels must lie in {expected}, got range [{low}, {high}]")
+
+
+def _normalization_stats(images, normalize, mean, std):
+    """``(mean, std)`` as float32 NumPy arrays: those given, else computed from ``images``."""
+    if mean is None or std is None:
+        if normalize is None:
+            stats = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
+        else:
+            stats = compute_normalization(images, normalize)
+        mean = stats[0] if mean is None else mean
+        std = stats[1] if std is None else std
+    return (np.asarray(backend.to_numpy(mean), dtype=np.float32),
+            np.asarray(backend.to_numpy(std), dtype=np.float32))
+
+
 class DataLoader:
     """Mini-batches ``(x, y)`` of an in-memory image dataset.
 
@@ -63,25 +99,7 @@ class DataLoader:
                  drop_last: bool = False, device="cpu", padding: int = 4, num_classes=None):
         images = backend.to_numpy(images)
         labels = backend.to_numpy(labels)
-        if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if normalize not in ("pixel", "channel", None):
-            raise ValueError(f"normalize must be 'pixel', 'channel' or None, got {normalize!r}")
-        if images.shape[0] == 0:
-            raise ValueError("the dataset is empty")
-        if labels.dtype.kind not in "iu":
-            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-        # Checked here, once, on the host: on the GPU an out-of-range label is
-        # not an error but silently wraps around (CuPy's fancy indexing), and a
-        # check per batch would make the host wait for the GPU every step.
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or (num_classes is not None and high >= int(num_classes)):
-            expected = f"[0, {int(num_classes)})" if num_classes is not None else ">= 0"
-            raise ValueError(f"labels must lie in {expected}, got range [{low}, {high}]")
+        _check_dataset(images, labels, batch_size, normalize, num_classes)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.augment = bool(augment)
@@ -98,15 +116,7 @@ class DataLoader:
             )
 
         # normalisation statistics, kept on the host (for saving) and on the device
-        if mean is None or std is None:
-            if normalize is None:
-                stats = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
-            else:
-                stats = compute_normalization(images, normalize)
-            mean = stats[0] if mean is None else mean
-            std = stats[1] if std is None else std
-        self.mean = np.asarray(backend.to_numpy(mean), dtype=np.float32)
-        self.std = np.asarray(backend.to_numpy(std), dtype=np.float32)
+        self.mean, self.std = _normalization_stats(images, normalize, mean, std)
 
         # the dataset goes to the device once
         self._images = backend.to_device(np.ascontiguousarray(images), self.device)

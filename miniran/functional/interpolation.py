@@ -33,11 +33,9 @@ Why matrices and not a gather plus a scatter-add (Chainer's choice,
 * it is fast at the sizes of this network: the maps are at most 56x56 on
   ImageNet and 32x32 on CIFAR (224 at the very most), so the dense (out, in)
   matrices are tiny, and one BLAS call does the work that the gather form
-  spreads over several elementwise passes. Measured on 2 CPU cores, float32,
-  forward + backward: (64, 64, 16, 16) -> 32x32 took 4-5 ms (PyTorch 2.13's
-  ``F.interpolate``: 18-19 ms); (64, 256, 4, 4) -> 8x8 took 2.2 ms (PyTorch:
-  3.2-3.5 ms). The NumPy gather-and-lerp forward was 2-7x slower than the
-  matrix forward on the same shapes.
+  spreads over several elementwise passes. On the CPU it is faster than
+  PyTorch's ``F.interpolate`` and than a NumPy gather-and-lerp forward on the
+  same shapes (docs/performance.md has the timings).
 
 The dense form would stop paying off for large maps (cost grows like
 ``in * out`` per row instead of ``2 * out``), which this network never uses.
@@ -120,7 +118,7 @@ def _matmul_last_axis(x, a):
 
     ``x @ a.T`` on a 4-D array would run one small GEMM per (n, c) slice;
     flattening the leading axes first hands BLAS a single tall matrix, which
-    measured 2-3x faster for our shapes.
+    is faster for our shapes (docs/performance.md).
     """
     lead = x.shape[:-1]
     return (x.reshape(-1, x.shape[-1]) @ a.T).reshape(lead + (a.shape[0],))

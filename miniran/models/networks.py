@@ -26,7 +26,7 @@ import numpy as np
 import miniran.functional as F
 from miniran import nn
 from miniran.models.attention import AttentionModule
-from miniran.models.pretrained import check_pretrained_arguments, load_pretrained
+from miniran.models.pretrained import check_pretrained_arguments, load_pretrained, register_builders
 from miniran.models.residual import PreActBottleneck
 
 
@@ -205,6 +205,9 @@ MODELS = {
     "attention56_imagenet": attention56_imagenet,
     "attention92_imagenet": attention92_imagenet,
 }
+
+# load_pretrained builds the network from this table (pretrained.py cannot import this module)
+register_builders(MODELS)
 
 
 def get_model(name, **kwargs):

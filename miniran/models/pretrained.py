@@ -51,6 +51,17 @@ PRETRAINED = {
 
 FORMAT_VERSION = 1
 
+#: The zoo's network builders by name, the ones :func:`load_pretrained` builds
+#: before it loads the weights. ``miniran.models.networks`` registers its
+#: ``MODELS`` here when it is imported: networks imports this module (for
+#: ``attention56(pretrained=True)``), so this module does not import networks.
+_BUILDERS: dict = {}
+
+
+def register_builders(builders: dict) -> None:
+    """Make ``builders`` (name -> function building an untrained network) known to :func:`load_pretrained`."""
+    _BUILDERS.update(builders)
+
 
 def _check_name(name):
     if name not in PRETRAINED:
@@ -122,8 +133,6 @@ def load_pretrained(name: str = "attention56_cifar10", device: str = "cpu", path
         FileNotFoundError: the weights are not in this copy of the package.
         ValueError: an unknown name, or a file that is not a pretrained miniran network.
     """
-    from miniran.models.networks import MODELS  # networks imports this module
-
     path = pretrained_path(name) if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path} ({_HOW_TO_BUILD})")
@@ -135,8 +144,8 @@ def load_pretrained(name: str = "attention56_cifar10", device: str = "cpu", path
     if "meta/model" not in arrays or "data/mean" not in arrays:
         raise ValueError(f"{path} is not a pretrained miniran file (no meta/model or data/mean entry)")
     spec = PRETRAINED[name]
-    model = MODELS[str(arrays["meta/model"])](num_classes=int(arrays["meta/num_classes"]), seed=0,
-                                             **spec["options"])
+    model = _BUILDERS[str(arrays["meta/model"])](num_classes=int(arrays["meta/num_classes"]), seed=0,
+                                                **spec["options"])
     state = {k[len("model/"):]: (v.astype(np.float32) if v.dtype.kind == "f" else v)
              for k, v in arrays.items() if k.startswith("model/")}
     model.load_state_dict(state)
