@@ -1,10 +1,13 @@
 """Gradient checks (float64, random upstream gradient) and forward references for the basic functions."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import miniran
 import miniran.functional as F
+import miniran.threads
 from miniran import Tensor, gradcheck
 
 SHAPES = [(3,), (2, 3), (2, 3, 4)]
@@ -230,3 +233,159 @@ def test_pow_zero_gradient_at_zero():
     x = Tensor(np.array([0.0, 2.0]), requires_grad=True)
     (x ** 0).sum().backward()
     np.testing.assert_array_equal(x.grad, [0.0, 0.0])
+
+
+# ---------------------------------------------------------------- the cross-entropy's label check, one code path
+
+
+def test_cross_entropy_function_poisons_out_of_range_labels_on_the_cpu_too():
+    """The wrapper refuses NumPy labels out of range on the host; the Function itself
+    (as on the GPU) returns a NaN loss instead of raising or reading a wrapped label."""
+    from miniran.functional.loss import CrossEntropy
+
+    logits = Tensor(np.zeros((3, 4)), requires_grad=True)
+    for labels in ([0, 1, 4], [0, 1, -5], [0, -1, 2]):
+        loss = CrossEntropy()(logits, Tensor(np.array(labels)))
+        assert np.isnan(float(loss.data)), labels
+    loss = CrossEntropy()(logits, Tensor(np.array([0, 3, 2])))
+    assert float(loss.data) == pytest.approx(np.log(4))
+    loss.backward()
+    assert np.isfinite(logits.grad).all()
+
+
+@pytest.mark.gpu
+def test_cross_entropy_label_check_waits_for_nothing_on_the_gpu(cp):
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts syncs: stand-in only")
+    logits = Tensor(cp.zeros((3, 4), dtype=cp.float32), requires_grad=True)
+    labels = cp.asarray([0, 1, 4])
+    with cupy_standin.counting() as c:
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+    assert c.syncs == 0 and c.host_to_device == 0, dict(c.syncs_by_name)
+    assert c.launches <= 24, c.launches_by_name  # what the former GPU-only branch took, forward and backward
+    assert np.isnan(float(loss.data))
+
+
+# ---------------------------------------------------------------- the elementwise twins against the reference
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def cpu_threads(request, monkeypatch):
+    """1 to 3 of miniran's CPU threads, splitting arrays of any size."""
+    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
+    miniran.threads.set_cpu_threads(request.param)
+    yield request.param
+    miniran.threads.set_cpu_threads(None)
+
+
+def _run(fn, *arrays, upstream, reference):
+    """Output, input gradients and the class that computed the output, of ``fn`` on Tensors of ``arrays``."""
+    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    with miniran.reference_only() if reference else contextlib.nullcontext():
+        y = fn(*ts)
+        y.backward(upstream)
+    return [y.data] + [t.grad for t in ts], type(y.creator).__name__
+
+
+def _assert_close(fast, ref, rtol, what):
+    for i, (a, b) in enumerate(zip(fast, ref)):
+        assert a.dtype == b.dtype, what
+        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+        assert err <= rtol, f"{what}: output {i} differs from the reference by {err:.2e} (relative)"
+
+
+# name: (function of tensors, the twin that computes it on same-shape NumPy arrays, arity, rtol)
+ELEMENTWISE_TWINS = {
+    "add": (lambda a, b: a + b, "AddCPU", 2, 0.0),
+    "mul": (lambda a, b: a * b, "MulCPU", 2, 0.0),
+    "F.add": (F.add, "AddCPU", 2, 0.0),
+    "F.mul": (F.mul, "MulCPU", 2, 0.0),
+    "sigmoid": (F.sigmoid, "SigmoidCPU", 1, 1e-15),  # the backward product in another order
+}
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5, 4), (5,), (3, 7)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE_TWINS))
+def test_elementwise_cpu_twins_match_the_reference(name, dtype, shape, cpu_threads, rng):
+    fn, twin, arity, rtol = ELEMENTWISE_TWINS[name]
+    arrays = [(rng.standard_normal(shape) * 30).astype(dtype) for _ in range(arity)]  # large |x| too
+    gy = rng.standard_normal(shape).astype(dtype)
+    fast, fast_name = _run(fn, *arrays, upstream=gy, reference=False)
+    ref, ref_name = _run(fn, *arrays, upstream=gy, reference=True)
+    splits = cpu_threads > 1 and shape[0] > 1
+    assert fast_name == (twin if splits or twin == "SigmoidCPU" else ref_name)
+    assert ref_name == {"AddCPU": "Add", "MulCPU": "Mul", "SigmoidCPU": "SigmoidFunction"}[twin]
+    _assert_close(fast, ref, rtol if dtype == np.float64 or rtol == 0 else 1e-6, f"{name} {dtype.__name__} {shape}")
+
+
+def test_elementwise_twins_gradcheck(cpu_threads, rng):
+    a, b = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 2))
+    gradcheck(lambda s, t: s * t + s, [a, b])
+    gradcheck(F.sigmoid, [a])
+
+
+def test_which_elementwise_code_runs(monkeypatch, rng):
+    """Twins take same-shape, same-dtype NumPy arrays that split over several threads; all else the reference."""
+    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 4)
+    miniran.threads.set_cpu_threads(2)
+    try:
+        a, b = (Tensor(rng.standard_normal((4, 3)), requires_grad=True) for _ in range(2))
+
+        def name(y):
+            return type(y.creator).__name__
+        assert [name(a + b), name(a * b), name(F.sigmoid(a)), name(F.relu(a))] == [
+            "AddCPU", "MulCPU", "SigmoidCPU", "ReLUFunction"]
+        assert name(a + Tensor(np.ones(3))) == "Add"  # broadcasting
+        assert name(a * Tensor(np.ones((4, 3), np.float32))) == "Mul"  # two dtypes
+        assert name(a[:1] + b[:1]) == "Add"  # one row: nothing to split
+        assert name(a + 1.0) == "ScalarOp"
+        miniran.threads.set_cpu_threads(1)
+        assert name(a + b) == "Add"
+        miniran.threads.set_cpu_threads(2)
+        with miniran.reference_only():
+            assert [name(a + b), name(a * b), name(F.sigmoid(a)), name(F.relu(a))] == [
+                "Add", "Mul", "SigmoidFunction", "ReLUFunction"]
+    finally:
+        miniran.threads.set_cpu_threads(None)
+
+
+# ---------------------------------------------------------------- the GPU twin against the reference, on the device
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_gpu_twin_matches_the_reference_on_the_device(cp, dtype, rng):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)
+    x[0, 0, 0, :3] = 0.0  # the kink: the gradient there is 0
+    gy = cp.asarray(rng.standard_normal(x.shape).astype(dtype))
+    results = []
+    for reference in (True, False):
+        t = Tensor(cp.asarray(x), requires_grad=True)
+        with miniran.reference_only() if reference else contextlib.nullcontext():
+            y = F.relu(t)
+        y.backward(gy)
+        assert isinstance(t.grad, cp.ndarray) and t.grad.dtype == dtype
+        results.append((type(y.creator).__name__, miniran.backend.to_numpy(y.data), miniran.backend.to_numpy(t.grad)))
+    (ref_name, y_ref, g_ref), (gpu_name, y_gpu, g_gpu) = results
+    assert (ref_name, gpu_name) == ("ReLUFunction", "ReLUGPU")
+    np.testing.assert_array_equal(y_gpu, y_ref)
+    np.testing.assert_array_equal(g_gpu, g_ref)
+
+
+@pytest.mark.gpu
+def test_elementwise_functions_run_their_reference_on_the_device(cp, rng):
+    """Add, Mul and the sigmoid have no GPU twin: CuPy arrays take the reference code."""
+    a, b = (Tensor(cp.asarray(rng.standard_normal((4, 3)).astype(np.float32)), requires_grad=True) for _ in range(2))
+    for y, name in ((a + b, "Add"), (a * b, "Mul"), (F.sigmoid(a), "SigmoidFunction")):
+        assert type(y.creator).__name__ == name and isinstance(y.data, cp.ndarray)
+
+
+@pytest.mark.gpu
+def test_relu_gpu_backward_is_one_launch(cp):
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+    y = F.relu(Tensor(cp.linspace(-1, 1, 12, dtype=cp.float32), requires_grad=True))
+    gy = cp.ones(12, dtype=cp.float32)
+    with cupy_standin.counting() as c:
+        y.creator.backward(gy)
+    assert c.launches == 1, c.launches_by_name

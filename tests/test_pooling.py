@@ -2,6 +2,7 @@
 (distinct inputs, so max pooling has no ties), hand-computed cases, validation,
 layers, GPU and torch agreement."""
 
+import contextlib
 import itertools
 import math
 
@@ -10,6 +11,7 @@ import pytest
 
 import miniran
 import miniran.functional as F
+import miniran.threads
 from miniran import Tensor, gradcheck, nn
 from miniran.backend import to_numpy
 
@@ -300,3 +302,191 @@ def test_max_pool_window_of_minus_infinity_keeps_its_gradient():
     F.max_pool2d(t, 2, 2, 1).sum().backward()
     # window (0, 0) covers padding and x[0, 0, 0, 0] only: the gradient lands on that real pixel
     assert t.grad[0, 0, 0, 0] == 1.0
+
+
+# --------------------------------------------------------------------------- the max-pool backward, against naive loops
+
+
+def ref_max_pool_backward(x, gy, k, s, p):
+    """Each window sends its gradient to its max, one window at a time, straight from the rules.
+
+    Padding never wins; on ties the first pixel (row-major) wins; a window
+    whose real pixels are all -inf sends its gradient to its first real pixel.
+    """
+    n, c, h, w = x.shape
+    gx = np.zeros(x.shape)
+    for b, ch, i, j in itertools.product(range(n), range(c), range(gy.shape[2]), range(gy.shape[3])):
+        h0, w0 = i * s - p, j * s - p
+        best, at = -np.inf, (max(h0, 0), max(w0, 0))
+        for r in range(max(h0, 0), min(h0 + k, h)):
+            for q in range(max(w0, 0), min(w0 + k, w)):
+                if x[b, ch, r, q] > best:
+                    best, at = x[b, ch, r, q], (r, q)
+        gx[b, ch][at] += gy[b, ch, i, j]
+    return gx
+
+
+def _max_pool_backward_inputs(shape, rng):
+    distinct = shuffled_linspace(shape, rng)
+    ties = np.maximum(np.round(distinct * 3), 0)  # after a ReLU: windows of equal values
+    minus_inf = distinct.copy()
+    minus_inf[0, 0] = -np.inf  # a whole plane: every window is all -inf
+    minus_inf[-1, -1, :2, :2] = -np.inf  # a corner window, with its padding
+    return {"distinct": distinct, "ties": ties, "minus_inf": minus_inf}
+
+
+@pytest.mark.parametrize("k,s,p,ceil_mode,hw", GRID)
+@pytest.mark.parametrize("reference", [True, False], ids=["reference", "twin"])
+def test_max_pool_backward_matches_naive_loops(k, s, p, ceil_mode, hw, reference, rng):
+    for name, x in _max_pool_backward_inputs((2, 2) + hw, rng).items():
+        t = Tensor(x, requires_grad=True)
+        with miniran.reference_only() if reference else contextlib.nullcontext():
+            y = F.max_pool2d(t, k, s, p, ceil_mode)
+        assert type(y.creator).__name__ == ("MaxPool2dFunction" if reference else "MaxPool2dCPU")
+        gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+        np.testing.assert_allclose(t.grad, ref_max_pool_backward(x, gy, k, s, p), rtol=1e-13, atol=1e-15,
+                                   err_msg=name)
+
+
+# --------------------------------------------------------------------------- the CPU twins against the reference
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def cpu_threads(request, monkeypatch):
+    """1 to 3 of miniran's CPU threads, splitting arrays of any size."""
+    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
+    miniran.threads.set_cpu_threads(request.param)
+    yield request.param
+    miniran.threads.set_cpu_threads(None)
+
+
+def _forward_backward(fn, x, gy, reference):
+    """(y, gx, the class that computed y) of ``fn`` on x with upstream gradient gy."""
+    t = Tensor(x.copy(), requires_grad=True)
+    with miniran.reference_only() if reference else contextlib.nullcontext():
+        y = fn(t)
+        y.backward(gy)
+    return to_numpy(y.data), to_numpy(t.grad), type(y.creator).__name__
+
+
+# (function, its twin on the CPU, input shape, relative tolerance float64/float32 (forward, backward))
+POOL_TWIN_CASES = {
+    "max-3x3-s2-p1": (lambda t: F.max_pool2d(t, 3, 2, 1), "MaxPool2d", (5, 3, 9, 8)),
+    "max-2x2-ceil": (lambda t: F.max_pool2d(t, 2, ceil_mode=True), "MaxPool2d", (7, 2, 5, 5)),
+    "max-3x2-s(1,2)-p1-ceil": (lambda t: F.max_pool2d(t, (3, 2), (1, 2), 1, True), "MaxPool2d", (3, 2, 7, 6)),
+    "avg-3x3-s2-p1": (lambda t: F.avg_pool2d(t, 3, 2, 1), "AvgPool2d", (5, 3, 9, 8)),
+    "avg-3x3-s2-p1-ceil-nopad": (lambda t: F.avg_pool2d(t, 3, 2, 1, True, False), "AvgPool2d", (4, 3, 8, 9)),
+    "avg-2x2-ceil-nopad": (lambda t: F.avg_pool2d(t, 2, ceil_mode=True, count_include_pad=False),
+                           "AvgPool2d", (3, 2, 5, 7)),
+    "avg-(2,3)-s1-p1": (lambda t: F.avg_pool2d(t, (2, 3), 1, 1), "AvgPool2d", (2, 3, 5, 6)),
+    "global": (F.global_avg_pool2d, "GlobalAvgPool2d", (5, 3, 7, 6)),
+    "global-1x1": (F.global_avg_pool2d, "GlobalAvgPool2d", (3, 4, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", sorted(POOL_TWIN_CASES))
+def test_cpu_twins_match_the_reference(case, dtype, cpu_threads, rng):
+    fn, name, shape = POOL_TWIN_CASES[case]
+    x = np.round(rng.standard_normal(shape), 1).astype(dtype)  # rounded: ties between window entries
+    gy = rng.standard_normal(fn(Tensor(x)).shape).astype(dtype)
+    y_fast, g_fast, fast = _forward_backward(fn, x, gy, reference=False)
+    y_ref, g_ref, ref = _forward_backward(fn, x, gy, reference=True)
+    assert (fast, ref) == (name + "CPU", name + "Function")
+    assert y_fast.dtype == g_fast.dtype == dtype and g_fast.shape == x.shape
+    # max and average pooling: the reference's array code per group of images,
+    # the same numbers; the max-pool scatter-add and the BLAS mean round differently
+    tol = {"MaxPool2d": (0, 0), "AvgPool2d": (0, 0), "GlobalAvgPool2d": (1e-14, 0)}[name]
+    if dtype == np.float32:
+        tol = {"MaxPool2d": (0, 1e-6), "AvgPool2d": (0, 0), "GlobalAvgPool2d": (1e-6, 0)}[name]
+    for what, a, b, rtol in (("y", y_fast, y_ref, tol[0]), ("gx", g_fast, g_ref, tol[1])):
+        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+        assert err <= rtol, f"{case} {what}: the twin differs from the reference by {err:.2e} (relative)"
+
+
+def test_twins_gradcheck(cpu_threads, rng):
+    """float64 gradient checks through the twins (random upstream gradient)."""
+    x = shuffled_linspace((3, 2, 7, 6), rng)
+    gradcheck(lambda t: F.max_pool2d(t, 3, 2, 1, True), [x])
+    gradcheck(lambda t: F.avg_pool2d(t, 3, 2, 1, True, False), [x])
+    gradcheck(F.global_avg_pool2d, [x])
+
+
+def test_max_pool_inference_saves_no_argmax(rng):
+    x = shuffled_linspace((2, 3, 9, 9), rng)
+    reference = F.pooling.MaxPool2dFunction
+    for cls in (reference, *miniran.functional._dispatch.twins(reference)):
+        if cls is reference or cls.suits((x,), {}, False):
+            f = cls(kernel=(3, 3), stride=(2, 2), padding=(1, 1), ceil_mode=False)
+            with miniran.no_grad():
+                y = f(Tensor(x, requires_grad=True))
+            assert f.arg is None, cls.__name__
+            np.testing.assert_array_equal(y.data, ref_pool(x, 3, 2, 1, False, "max"))
+
+
+# --------------------------------------------------------------------------- the GPU twin against the reference, on the device
+
+
+def _gpu_max_pool_inputs(rng):
+    """Inputs where max-pool kernels go wrong: ties, -inf windows, NaN, odd sizes."""
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    ties = np.maximum(np.round(x), 0)  # after a ReLU: windows full of equal values
+    minus_inf = x.copy()
+    minus_inf[0, 1] = -np.inf  # whole plane: every window is all -inf
+    minus_inf[1, 2, :2, :2] = -np.inf  # a corner window (with padding) of -inf
+    nan = x.copy()
+    nan[1, 0, 4, 4] = np.nan
+    return {"random": x, "ties": ties, "minus_inf": minus_inf, "nan": nan}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,s,p,ceil_mode", [(3, 2, 1, False), (2, 2, 0, True), (3, 1, 1, True), (3, 2, 1, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_gpu_twin_matches_the_reference_on_the_device(cp, k, s, p, ceil_mode, dtype, rng):
+    for name, x in _gpu_max_pool_inputs(rng).items():
+        x = cp.asarray(x.astype(dtype))
+        y_shape = F.max_pool2d(Tensor(x), k, s, p, ceil_mode).shape
+        gy = cp.asarray(rng.standard_normal(y_shape).astype(dtype))
+        fn = lambda t: F.max_pool2d(t, k, s, p, ceil_mode)  # noqa: E731
+        ts = [Tensor(x, requires_grad=True) for _ in range(2)]
+        with miniran.reference_only():
+            y_ref = fn(ts[0])
+        y_gpu = fn(ts[1])
+        assert (type(y_gpu.creator).__name__, type(y_ref.creator).__name__) == ("MaxPool2dGPU", "MaxPool2dFunction")
+        for y, t in zip((y_ref, y_gpu), ts):
+            y.backward(gy)
+            assert isinstance(y.data, cp.ndarray) and isinstance(t.grad, cp.ndarray)
+            assert y.dtype == t.grad.dtype == dtype
+        np.testing.assert_array_equal(to_numpy(y_gpu.data), to_numpy(y_ref.data), err_msg=name)
+        rtol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(to_numpy(ts[1].grad), to_numpy(ts[0].grad), rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["avg", "global"])
+def test_average_pooling_runs_its_reference_on_the_device(cp, kind, rng):
+    """No GPU twin: CuPy arrays take the reference code, and it agrees with the CPU twin."""
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    fn = (lambda t: F.avg_pool2d(t, 3, 2, 1, True, False)) if kind == "avg" else F.global_avg_pool2d
+    gy = rng.standard_normal(fn(Tensor(x)).shape).astype(np.float32)
+    y_cpu, g_cpu, cpu_name = _forward_backward(fn, x, gy, reference=False)
+    t = Tensor(cp.asarray(x), requires_grad=True)
+    y = fn(t)
+    y.backward(cp.asarray(gy))
+    assert cpu_name.endswith("CPU") and type(y.creator).__name__ == cpu_name[:-3] + "Function"
+    np.testing.assert_allclose(to_numpy(y.data), y_cpu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(t.grad), g_cpu, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_max_pool_gpu_twin_launches(cp, rng):
+    """One kernel forward, one backward."""
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+    t = Tensor(cp.asarray(rng.standard_normal((2, 3, 9, 8)).astype(np.float32)), requires_grad=True)
+    y = F.max_pool2d(t, 3, 2, 1)
+    gy = cp.ones(y.shape, dtype=cp.float32)
+    with cupy_standin.counting() as c:
+        y = F.max_pool2d(t, 3, 2, 1)
+        y.creator.backward(gy)
+    assert c.launches == 2 and c.syncs == 0, c.launches_by_name

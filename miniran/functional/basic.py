@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from miniran.autograd import Function, Tensor, as_array, sum_to
-from miniran import backend, kernels, threads
-from miniran.backend import get_array_module, is_cupy_array
+from miniran.backend import get_array_module
+from miniran.functional import _dispatch
 
 
 def _normalize_axis(axis, ndim):
@@ -149,7 +149,7 @@ def _binary(cls, a, b):
         a = Tensor(as_array(a, like=like))
     if not isinstance(b, Tensor):
         b = Tensor(as_array(b, like=like))
-    return cls()(a, b)
+    return _dispatch.apply(cls, a, b)
 
 
 def add(a, b) -> Tensor:
@@ -238,40 +238,14 @@ def stable_sigmoid(x):
 
 
 class SigmoidFunction(Function):
-    """Paper Eq. 4 (mixed attention): f1(x) = 1 / (1 + exp(-x)).
-
-    The fast CPU path computes the same tanh form in place, one group of
-    rows per thread, without the temporaries of the expression.
-    """
+    """Paper Eq. 4 (mixed attention): f1(x) = 1 / (1 + exp(-x)); the gradient is ``gy * y * (1 - y)``."""
 
     def forward(self, x):
-        if False:
-            y = np.empty_like(x)
-
-            def part(a, b):
-                yb = y[a:b]
-                np.multiply(x[a:b], 0.5, out=yb)
-                np.tanh(yb, out=yb)
-                yb += 1
-                yb *= 0.5
-            threads.parallel_chunks(x.shape[0], part, x.size)
-            self.y = y
-        else:
-            self.y = stable_sigmoid(x)
+        self.y = stable_sigmoid(x)
         return self.y
 
     def backward(self, gy):
         y = self.y
-        if False:
-            gx = np.empty_like(y)
-
-            def part(a, b):  # gx = gy * y * (1 - y)
-                gb = gx[a:b]
-                np.subtract(1, y[a:b], out=gb)
-                gb *= y[a:b]
-                gb *= gy[a:b]
-            threads.parallel_chunks(y.shape[0], part, y.size)
-            return gx
         return gy * y * (1 - y)
 
 
@@ -283,14 +257,7 @@ class ReLUFunction(Function):
         return self.y
 
     def backward(self, gy):
-        if is_cupy_array(gy):
-            return _RELU_GRAD_KERNEL(gy, self.y)  # one launch instead of two
         return gy * (self.y > 0)
-
-
-# the fused `gy * (y > 0)` of ReLUFunction.backward
-_RELU_GRAD_KERNEL = kernels.elementwise_kernel(
-    "miniran_relu_grad", "T gy, T y", "T gx", "gx = y > (T)0 ? gy : (T)0;")
 
 
 def exp(x) -> Tensor:
@@ -307,12 +274,12 @@ def tanh(x) -> Tensor:
 
 def sigmoid(x) -> Tensor:
     """Logistic sigmoid (numerically stable for large |x|)."""
-    return SigmoidFunction()(x)
+    return _dispatch.apply(SigmoidFunction, x)
 
 
 def relu(x) -> Tensor:
     """max(x, 0); the gradient at exactly 0 is taken as 0."""
-    return ReLUFunction()(x)
+    return _dispatch.apply(ReLUFunction, x)
 
 
 # --------------------------------------------------------------------------- reductions
@@ -428,12 +395,7 @@ class GetItem(Function):
     def backward(self, gy):
         xp = get_array_module(gy)
         gx = xp.zeros(self.in_shape, dtype=gy.dtype)
-        if xp is np:
-            np.add.at(gx, self.index, gy)  # repeated indices accumulate
-        else:
-            import cupyx
-
-            cupyx.scatter_add(gx, self.index, gy)
+        xp.add.at(gx, self.index, gy)  # repeated indices accumulate (gx[index] += gy would not)
         return gx
 
 

@@ -54,22 +54,24 @@ def log_softmax(x, axis=1) -> Tensor:
 
 
 class CrossEntropy(Function):
-    """Mean negative log-likelihood of integer labels under softmax(logits)."""
+    """Mean negative log-likelihood of integer labels under softmax(logits).
+
+    logits (N, K), labels (N,): ``loss = -mean_n log_softmax(logits)[n, labels[n]]``;
+    the gradient of the logits is ``(softmax(logits) - onehot(labels)) * gy / N``.
+    """
 
     def forward(self, logits, labels):
         xp = get_array_module(logits)
-        self.labels = labels
+        n, k = logits.shape
         self.log_p = _log_softmax_array(logits, 1)
-        n = logits.shape[0]
-        loss = -self.log_p[xp.arange(n), labels].mean()
-        if xp is not np:
-            # CuPy wraps out-of-range indices instead of raising, and checking on
-            # the host would make it wait for the GPU every step: poison the
-            # loss instead, so the training loop's NaN check stops the run.
-            k = logits.shape[1]
-            bad = ((labels < 0) | (labels >= k)).any()
-            loss = xp.where(bad, loss.dtype.type(np.nan), loss)
-        return loss
+        # labels % K equals labels exactly when every label lies in [0, K); the
+        # wrapped labels index safely, and a label out of range poisons the loss
+        # (NaN) instead of raising: checking on the host would make the GPU wait
+        # every step, and the training loop's NaN check stops the run
+        self.labels = labels % k
+        loss = -self.log_p[xp.arange(n), self.labels].mean()
+        out_of_range = (self.labels != labels).any()
+        return xp.where(out_of_range, loss.dtype.type(np.nan), loss)
 
     def backward(self, gy):
         xp = get_array_module(gy)

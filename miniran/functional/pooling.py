@@ -19,19 +19,23 @@ fixed offset (i, j), those rows and columns for *every* output pixel form a
 strided slice of the padded input, ``xpad[:, :, i::SH, j::SW]`` (cut to
 OH x OW). So a pooling layer is a loop over the KH*KW offsets, each step one
 whole-array operation on a (N, C, OH, OW) slice. The backward pass walks the
-same slices for average pooling and *adds* into them, so pixels shared by
-overlapping windows accumulate their gradients. Max pooling remembers which
-offset won in each window and sends the gradients back with one scatter-add.
+same slices and *adds* into them, so pixels shared by overlapping windows
+accumulate their gradients: average pooling sends every pixel of a window an
+equal share, max pooling remembers which offset won in each window and sends
+the gradient there only.
+
+The same code runs on NumPy and CuPy arrays. Faster twins (threads over the
+images, a scatter-add backward, one CUDA kernel per pass) are in
+:mod:`miniran.fast.pool_cpu` and :mod:`miniran.fast.pool_gpu`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from miniran import backend, kernels, threads
-from miniran.functional import _dispatch
 from miniran.autograd import Function, Tensor
 from miniran.backend import get_array_module
+from miniran.functional import _dispatch
 from miniran.functional._args import _pair
 
 
@@ -96,40 +100,16 @@ def _window(a, i, j, out, stride):
     return a[:, :, i:i + stride[0] * (out[0] - 1) + 1:stride[0], j:j + stride[1] * (out[1] - 1) + 1:stride[1]]
 
 
-def _scatter_add(index, values, size):
-    """out = zeros(size); out[index[m]] += values[m] for every m, repeats included.
-
-    ``out[index] += values`` would keep only one of the repeated indices.
-    NumPy: ``np.bincount`` with weights (fast; ``np.add.at`` is much slower),
-    which sums in float64. CuPy: ``cupyx.scatter_add`` (atomic adds on the GPU).
-    """
-    xp = get_array_module(values)
-    if xp is np:
-        return np.bincount(index, weights=values, minlength=size)
-    import cupyx  # only reached with CuPy arrays
-
-    out = xp.zeros(size, dtype=values.dtype)
-    cupyx.scatter_add(out, index, values)
-    return out
-
-
-def _by_image_groups(fn, out, *inputs):
-    """``out[a:b] = fn(*(x[a:b] for x in inputs))`` for groups of images on miniran's CPU threads; ``out``.
-
-    The pooling functions' fast CPU path: their array code, unchanged, per group of images.
-    """
-    def part(a, b):
-        out[a:b] = fn(*(x[a:b] for x in inputs))
-    threads.parallel_chunks(out.shape[0], part, out.size)
-    return out
-
-
 class _Pool2d(Function):
+    """What max and average pooling share: the settings (as pairs), the output size, the padding."""
+
     def __init__(self, kernel, stride, padding, ceil_mode):
         self.kernel, self.stride, self.pad, self.ceil_mode = kernel, stride, padding, ceil_mode
 
-    def _out_size(self, x):
-        return tuple(
+    def _remember(self, x):
+        """Save the input shape and the output size (OH, OW) of x (N, C, H, W)."""
+        self.in_shape = x.shape
+        self.out = tuple(
             pool_output_size(x.shape[2 + d], self.kernel[d], self.stride[d], self.pad[d], self.ceil_mode)
             for d in range(2)
         )
@@ -148,41 +128,32 @@ class _Pool2d(Function):
 
 
 class MaxPool2dFunction(_Pool2d):
-    """Max pooling; saves the argmax offset of every window for backward."""
+    """Max pooling: ``y[n, c, oh, ow]`` = the max of its window.
+
+    Forward also saves ``arg`` (N, C, OH, OW): the kernel offset
+    ``k = i*KW + j`` at which each window found its max. Backward sends
+    ``gy[n, c, oh, ow]`` to that one pixel; the other pixels of the window get 0.
+    """
 
     def forward(self, x):
+        self._remember(x)
+        # inference needs no argmax (no backward will come)
+        y, self.arg = self._max_and_argmax(x, track=self.needs_input_grad[0])
+        return y
+
+    def _offset_dtype(self):
+        """The dtype of ``arg``: one byte while the kernel has at most 256 offsets."""
+        return np.uint8 if self.kernel[0] * self.kernel[1] <= 256 else np.int32
+
+    def _max_and_argmax(self, x, track):
+        """The max of every window of x (N, C, H, W), and (if ``track``) its offset ``arg``, else None."""
         xp = get_array_module(x)
-        self.in_shape, self.out = x.shape, self._out_size(x)
-        kh, kw = self.kernel
-        if xp is not np:
-            return self._forward_gpu(x)
-        track = self.needs_input_grad[0]  # inference needs no argmax
-        if (not _dispatch.reference_active()):
-            # the array code below, on groups of images in miniran's CPU threads
-            n, c = x.shape[:2]
-            best = np.empty((n, c) + self.out, dtype=x.dtype)
-            arg = np.empty((n, c) + self.out, dtype=np.uint8 if kh * kw <= 256 else np.int32) if track else None
-
-            def part(a, b):
-                best[a:b], arg_ab = self._forward_arrays(x[a:b], track)
-                if track:
-                    arg[a:b] = arg_ab
-            threads.parallel_chunks(n, part, x.size)
-        else:
-            best, arg = self._forward_arrays(x, track)
-        self.arg = arg
-        return best
-
-    def _forward_arrays(self, x, track):
-        """The max and (if ``track``) the argmax offset of every window of NumPy ``x``."""
-        xp = np
         kh, kw = self.kernel
         # padding must never win a max: fill it with -inf (every window holds
         # at least one real pixel, because padding <= kernel / 2)
         xpad = _padded(x, self.pad, self.out, self.kernel, self.stride, -np.inf)
         best = _window(xpad, 0, 0, self.out, self.stride).copy()
-        # arg[n, c, oh, ow] = kernel offset k = i*KW + j of the window's max
-        arg = xp.zeros(best.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32) if track else None
+        arg = xp.zeros(best.shape, dtype=self._offset_dtype()) if track else None
         for k in range(1, kh * kw):
             # one strided copy, then every pass below runs on contiguous memory
             win = xp.ascontiguousarray(_window(xpad, k // kw, k % kw, self.out, self.stride))
@@ -190,139 +161,46 @@ class MaxPool2dFunction(_Pool2d):
                 # strictly greater: on ties the first offset wins, as in PyTorch
                 beats = win > best
                 # "arg = k where beats": every offset stored so far is < k, so a
-                # max does it (plain ufuncs, much faster than a masked copy)
-                xp.maximum(arg, beats * arg.dtype.type(k), out=arg)
+                # max does it (plain ufuncs, faster than a masked copy); both
+                # operands in arg's dtype, so no type-promotion rule is involved
+                xp.maximum(arg, beats.astype(arg.dtype) * arg.dtype.type(k), out=arg)
             xp.maximum(best, win, out=best)
         if track and max(self.pad) > 0:
-            # a window whose real pixels are all -inf ties with its -inf padding; as
-            # in PyTorch its gradient goes to its first *real* pixel, not the padding
-            (ph, pw), (sh, sw) = self.pad, self.stride
-            first_row = xp.maximum(ph - xp.arange(self.out[0]) * sh, 0)[:, None]
-            first_col = xp.maximum(pw - xp.arange(self.out[1]) * sw, 0)[None, :]
-            first_real = (first_row * kw + first_col).astype(arg.dtype)
-            xp.copyto(arg, xp.broadcast_to(first_real, arg.shape), where=(best == -np.inf) & (arg == 0))
+            self._point_minus_inf_windows_at_a_real_pixel(best, arg)
         return best, arg
 
-    def _forward_gpu(self, x):
-        """One kernel: every output pixel scans its window for the max and
-        records where it was (the same tie and -inf rules as the array code)."""
-        cp = get_array_module(x)
-        x = cp.ascontiguousarray(x)
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel, self.stride, self.pad, self.out
-        y = cp.empty((n, c, oh, ow), dtype=x.dtype)
-        self.arg = cp.empty((n, c, oh, ow), dtype=np.int32)  # flat y*W + x inside the plane
-        _MAX_POOL_FORWARD_KERNEL(x, h, w, kh, kw, sh, sw, ph, pw, oh, ow, -np.inf, y, self.arg)
-        return y
-
-    def _backward_gpu(self, gy):
-        """One kernel: every input pixel gathers the gradients of the windows
-        whose max it was (deterministic, no atomics)."""
-        cp = get_array_module(gy)
-        n, c, h, w = self.in_shape
-        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel, self.stride, self.pad, self.out
-        gx = cp.empty((n, c, h, w), dtype=gy.dtype)
-        _MAX_POOL_BACKWARD_KERNEL(cp.ascontiguousarray(gy), self.arg, h, w, kh, kw, sh, sw, ph, pw,
-                                  oh, ow, gx)
-        return gx
+    def _point_minus_inf_windows_at_a_real_pixel(self, best, arg):
+        """A window whose real pixels are all -inf ties with its -inf padding,
+        and offset 0 may lie in the padding: as in PyTorch, its gradient goes
+        to its first *real* pixel instead (``arg`` is changed in place)."""
+        xp = get_array_module(arg)
+        (ph, pw), (sh, sw), kw = self.pad, self.stride, self.kernel[1]
+        first_row = xp.maximum(ph - xp.arange(self.out[0]) * sh, 0)[:, None]
+        first_col = xp.maximum(pw - xp.arange(self.out[1]) * sw, 0)[None, :]
+        first_real = (first_row * kw + first_col).astype(arg.dtype)
+        xp.copyto(arg, xp.broadcast_to(first_real, arg.shape), where=(best == -np.inf) & (arg == 0))
 
     def backward(self, gy):
-        if get_array_module(gy) is not np:
-            return self._backward_gpu(gy)
-        if (not _dispatch.reference_active()):
-            return _by_image_groups(self._backward_arrays, np.empty(self.in_shape, dtype=gy.dtype), gy, self.arg)
-        return self._backward_arrays(gy, self.arg)
+        """gx: each window adds its ``gy`` into the pixel at its offset ``arg``.
 
-    def _backward_arrays(self, gy, arg):
-        """The input gradient of the images in NumPy ``gy``, ``arg`` their argmax offsets."""
-        # Each window sends its gradient to its argmax, a scatter-add: pixels
-        # shared by overlapping windows (stride < kernel) receive several.
-        # We turn every argmax into a flat index into the padded input and add
-        # all the gradients in one scatter (much faster than a loop of strided
-        # `+=` over the kernel offsets).
-        xp = np
-        n, c = gy.shape[:2]
-        hp, wp = self._padded_size()
-        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out
-        # flat position of offset k = i*KW + j inside a window: i*Wp + j
-        offsets = xp.asarray([(k // kw) * wp + k % kw for k in range(kh * kw)], dtype=np.int64)
-        # flat position of every window's top-left corner: ((n*C + c)*Hp + oh*SH)*Wp + ow*SW
-        corner = (xp.arange(oh) * (sh * wp))[:, None] + xp.arange(ow) * sw
-        plane = (xp.arange(n * c, dtype=np.int64) * (hp * wp)).reshape(n, c, 1, 1)
-        flat = (plane + corner) + offsets[arg]
-        gpad = _scatter_add(flat.ravel(), gy.ravel(), n * c * hp * wp)
-        # cut the padding off first: astype then copies only the real pixels
-        return self._unpad(gpad.reshape(n, c, hp, wp)).astype(gy.dtype)
-
-
-# One thread per output pixel of the (N, C, OH, OW) result. Padding counts as
-# -inf and never wins; on ties the first position wins (strictly greater), as
-# in PyTorch; a window whose real pixels are all -inf points at its first real
-# pixel; a NaN in a window makes its output NaN (np.maximum's rule).
-_MAX_POOL_FORWARD_KERNEL = kernels.elementwise_kernel(
-    "miniran_max_pool_forward",
-    "raw T x, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw, "
-    "int32 out_h, int32 out_w, T neg_inf",
-    "T y, int32 arg",
-    """
-    const int ox = i % out_w;
-    const int oy = (i / out_w) % out_h;
-    const ptrdiff_t plane = i / ((ptrdiff_t)out_w * out_h);  // n * C + c
-    const int y0 = oy * sh - ph, x0 = ox * sw - pw;
-    const int first_y = y0 > 0 ? y0 : 0, first_x = x0 > 0 ? x0 : 0;
-    T best = neg_inf;  // -inf comes in as an argument: CUDA C has no portable constant
-    int best_at = first_y * w + first_x;  // the first real pixel of the window
-    for (int ky = 0; ky < kh; ++ky) {
-        const int yy = y0 + ky;
-        if (yy < 0 || yy >= h) continue;
-        for (int kx = 0; kx < kw; ++kx) {
-            const int xx = x0 + kx;
-            if (xx < 0 || xx >= w) continue;
-            const T v = x[plane * h * w + yy * w + xx];
-            if (v > best) best_at = yy * w + xx;
-            if (v > best || isnan(v)) best = v;
-        }
-    }
-    y = best;
-    arg = best_at;
-    """,
-)
-
-# One thread per input pixel: add up gy over the windows that cover the pixel
-# and chose it as their max.
-_MAX_POOL_BACKWARD_KERNEL = kernels.elementwise_kernel(
-    "miniran_max_pool_backward",
-    "raw T gy, raw int32 arg, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, "
-    "int32 ph, int32 pw, int32 out_h, int32 out_w",
-    "T gx",
-    """
-    const int xx = i % w;
-    const int yy = (i / w) % h;
-    const ptrdiff_t plane = i / ((ptrdiff_t)w * h);
-    const int me = yy * w + xx;
-    T acc = (T)0;
-    // the windows (oy, ox) whose rows and columns cover (yy, xx)
-    for (int ky = 0; ky < kh; ++ky) {
-        const int ty = yy + ph - ky;
-        if (ty < 0 || ty % sh != 0) continue;
-        const int oy = ty / sh;
-        if (oy >= out_h) continue;
-        for (int kx = 0; kx < kw; ++kx) {
-            const int tx = xx + pw - kx;
-            if (tx < 0 || tx % sw != 0) continue;
-            const int ox = tx / sw;
-            if (ox >= out_w) continue;
-            const ptrdiff_t o = (plane * out_h + oy) * out_w + ox;
-            if (arg[o] == me) acc += gy[o];
-        }
-    }
-    gx = acc;
-    """,
-)
+        The same loop over the KH*KW offsets as the forward: for offset k, the
+        windows whose max sat at k add their ``gy`` into the strided slice of
+        the padded gradient that offset k sees. A pixel shared by overlapping
+        windows (stride < kernel) receives the sum of their gradients.
+        """
+        xp = get_array_module(gy)
+        kw = self.kernel[1]
+        gpad = xp.zeros(gy.shape[:2] + self._padded_size(), dtype=gy.dtype)
+        zero = gy.dtype.type(0)
+        # last offset first: each pixel then adds its windows in row-major
+        # order (a different order would only change the float rounding)
+        for k in reversed(range(self.kernel[0] * kw)):
+            _window(gpad, k // kw, k % kw, self.out, self.stride)[...] += xp.where(self.arg == k, gy, zero)
+        return self._unpad(gpad)
 
 
 class AvgPool2dFunction(_Pool2d):
-    """Average pooling; the divisor of each output pixel is precomputed."""
+    """Average pooling: ``y[n, c, oh, ow]`` = the sum of its window / the window's divisor."""
 
     def __init__(self, kernel, stride, padding, ceil_mode, count_include_pad):
         super().__init__(kernel, stride, padding, ceil_mode)
@@ -347,15 +225,12 @@ class AvgPool2dFunction(_Pool2d):
         return xp.asarray(np.outer(sizes[0], sizes[1]), dtype=dtype)
 
     def forward(self, x):
-        xp = get_array_module(x)
-        self.in_shape, self.out = x.shape, self._out_size(x)
-        self.divisor = self._divisor(xp, x.dtype)
-        if xp is np and (not _dispatch.reference_active()):
-            return _by_image_groups(self._forward_arrays, np.empty(x.shape[:2] + self.out, dtype=x.dtype), x)
-        return self._forward_arrays(x)
+        self._remember(x)
+        self.divisor = self._divisor(get_array_module(x), x.dtype)
+        return self._average(x)
 
-    def _forward_arrays(self, x):
-        """The window averages of the images in ``x``."""
+    def _average(self, x):
+        """The window averages of the images in x (N, C, H, W): sum over the offsets, then divide."""
         xp = get_array_module(x)
         kw = self.kernel[1]
         xpad = _padded(x, self.pad, self.out, self.kernel, self.stride, 0)
@@ -367,15 +242,13 @@ class AvgPool2dFunction(_Pool2d):
         return total
 
     def backward(self, gy):
-        if get_array_module(gy) is np and (not _dispatch.reference_active()):
-            return _by_image_groups(self._backward_arrays, np.empty(self.in_shape, dtype=gy.dtype), gy)
-        return self._backward_arrays(gy)
+        return self._spread(gy)
 
-    def _backward_arrays(self, gy):
-        """The input gradient of the images in ``gy``."""
+    def _spread(self, gy):
+        """gx of the images in ``gy``: every pixel of a window gets an equal share of its gradient."""
         xp = get_array_module(gy)
         kw = self.kernel[1]
-        g = gy / self.divisor  # every pixel of a window gets an equal share
+        g = gy / self.divisor
         gpad = xp.zeros(gy.shape[:2] + self._padded_size(), dtype=gy.dtype)
         for k in range(self.kernel[0] * kw):
             _window(gpad, k // kw, k % kw, self.out, self.stride)[...] += g
@@ -383,16 +256,10 @@ class AvgPool2dFunction(_Pool2d):
 
 
 class GlobalAvgPool2dFunction(Function):
-    """(N, C, H, W) -> (N, C): the mean over H and W."""
+    """(N, C, H, W) -> (N, C): ``y[n, c]`` = the mean over H and W; ``gx = gy / (H*W)`` everywhere."""
 
     def forward(self, x):
         self.in_shape = x.shape
-        if type(x) is np.ndarray and (not _dispatch.reference_active()):
-            # each (image, channel) row times a vector of 1/(H*W): BLAS reads
-            # the rows once, about 7x faster than NumPy's mean over two axes
-            n, c, h, w = x.shape
-            rows = np.ascontiguousarray(x).reshape(n * c, h * w)
-            return (rows @ np.full(h * w, 1.0 / (h * w), dtype=x.dtype)).reshape(n, c)
         return x.mean(axis=(2, 3))
 
     def backward(self, gy):
@@ -420,7 +287,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False) -> Tenso
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     k, s, p = _check_pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return MaxPool2dFunction(k, s, p, bool(ceil_mode))(x)
+    return _dispatch.apply(MaxPool2dFunction, x, kernel=k, stride=s, padding=p, ceil_mode=bool(ceil_mode))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
@@ -442,7 +309,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     k, s, p = _check_pool_args("avg_pool2d", x, kernel_size, stride, padding)
-    return AvgPool2dFunction(k, s, p, bool(ceil_mode), bool(count_include_pad))(x)
+    return _dispatch.apply(AvgPool2dFunction, x, kernel=k, stride=s, padding=p, ceil_mode=bool(ceil_mode),
+                           count_include_pad=bool(count_include_pad))
 
 
 def global_avg_pool2d(x) -> Tensor:
@@ -450,5 +318,5 @@ def global_avg_pool2d(x) -> Tensor:
     x = x if isinstance(x, Tensor) else Tensor(x)
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    return GlobalAvgPool2dFunction()(x)
+    return _dispatch.apply(GlobalAvgPool2dFunction, x)
 
