@@ -16,7 +16,7 @@ import pytest
 
 import miniran
 import miniran.functional as F
-from miniran import Tensor, backend, gradcheck, models
+from miniran import Tensor, gradcheck, models
 
 
 @pytest.fixture

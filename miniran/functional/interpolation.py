@@ -50,7 +50,6 @@ import numpy as np
 
 from miniran import backend
 from miniran.autograd import Function, Tensor
-from miniran.backend import get_array_module
 
 
 def _indices_and_weights(in_size, out_size, align_corners, xp=np):
@@ -104,13 +103,13 @@ def _interpolation_matrix(in_size, out_size, align_corners, dtype, xp=np):
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_matrix(in_size, out_size, align_corners, dtype_str, on_gpu):
+def _cached_matrix(in_size, out_size, align_corners, dtype_str, device):
     """The interpolation matrix, built once per shape on the host; on the GPU
     it is copied to the device once, so a forward pass launches no kernel to
     build it (the attention modules resize the same few shapes every step)."""
     a = _interpolation_matrix(in_size, out_size, align_corners, np.dtype(dtype_str), np)
     a.flags.writeable = False  # shared by every call: never modified in place
-    return backend.to_device(a, "gpu") if on_gpu else a
+    return backend.to_device(a, device)  # no copy for "cpu"
 
 
 def _matmul_last_axis(x, a):
@@ -132,13 +131,12 @@ class InterpolateBilinear(Function):
         self.align_corners = align_corners
 
     def forward(self, x):
-        xp = get_array_module(x)
         (h, w), (ho, wo) = x.shape[2:], self.size
         # an axis whose size does not change is left alone: its matrix would be
         # the identity, so skipping it is exact and free
-        on_gpu, dt = xp is not np, np.dtype(x.dtype).str
-        self.a_h = None if ho == h else _cached_matrix(h, ho, self.align_corners, dt, on_gpu)
-        self.a_w = None if wo == w else _cached_matrix(w, wo, self.align_corners, dt, on_gpu)
+        device, dt = backend.device_of(x), np.dtype(x.dtype).str
+        self.a_h = None if ho == h else _cached_matrix(h, ho, self.align_corners, dt, device)
+        self.a_w = None if wo == w else _cached_matrix(w, wo, self.align_corners, dt, device)
         y = x
         if self.a_w is not None:
             y = _matmul_last_axis(y, self.a_w)  # (N, C, H, W_out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from miniran.autograd import Function, Tensor, as_array
-from miniran.backend import get_array_module, is_cupy_array
+from miniran.backend import device_of, get_array_module
 
 
 def _log_softmax_array(x, axis):
@@ -104,7 +104,7 @@ def cross_entropy(logits, labels) -> Tensor:
     k = logits.shape[1]
     # range check on the CPU only: on the GPU it would force a sync every step
     # (there an out-of-range label makes the loss NaN; see CrossEntropy.forward)
-    if not is_cupy_array(labels_arr) and labels_arr.size and (int(labels_arr.min()) < 0 or int(labels_arr.max()) >= k):
+    if device_of(labels_arr) == "cpu" and labels_arr.size and (int(labels_arr.min()) < 0 or int(labels_arr.max()) >= k):
         raise ValueError(f"cross_entropy: labels must lie in [0, {k}), got range "
                          f"[{int(labels_arr.min())}, {int(labels_arr.max())}]")
     return CrossEntropy()(logits, Tensor(labels_arr))
