@@ -6,7 +6,11 @@ import sys
 
 
 def main(argv=None) -> int:
-    from miniran.train.cli import main as cli_main
+    try:
+        from miniran.train.cli import main as cli_main
+    except ValueError as exc:  # a bad setting read at import, e.g. MINIRAN_REFERENCE
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     return cli_main(sys.argv[1:] if argv is None else argv)
 
