@@ -6,9 +6,12 @@ import sys
 
 
 def main(argv=None) -> int:
+    from miniran.functional._dispatch import reference_active
+    from miniran.train.cli import main as cli_main
+
     try:
-        from miniran.train.cli import main as cli_main
-    except ValueError as exc:  # a bad setting read at import, e.g. MINIRAN_REFERENCE
+        reference_active()  # reads MINIRAN_REFERENCE
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -40,11 +40,13 @@ def _reference_from_environment() -> bool:
 
 
 class _Switch:
-    reference = _reference_from_environment()
+    reference = None  # read from MINIRAN_REFERENCE on first use, so a bad value never breaks an import
 
 
 def reference_active() -> bool:
     """Whether every Function runs on its reference code (see :class:`reference_only`)."""
+    if _Switch.reference is None:
+        _Switch.reference = _reference_from_environment()
     return _Switch.reference
 
 
@@ -57,7 +59,7 @@ class reference_only:
     """
 
     def __enter__(self):
-        self._previous, _Switch.reference = _Switch.reference, True
+        self._previous, _Switch.reference = reference_active(), True
         return self
 
     def __exit__(self, *exc):
@@ -92,7 +94,7 @@ def twins(function: type) -> tuple[type, ...]:
 def implementation(function: type, inputs, params: dict) -> type:
     """The class that computes ``function(**params)`` on ``inputs``: the first twin that suits, else ``function``."""
     candidates = _TWINS.get(function)
-    if not candidates or _Switch.reference:
+    if not candidates or _Switch.reference or (_Switch.reference is None and reference_active()):
         return function
     arrays = tuple(x.data if isinstance(x, Tensor) else x for x in inputs)
     grad = is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
