@@ -1,7 +1,8 @@
 """conv2d, im2col/col2im and nn.Conv2d.
 
-Oracles: naive loop implementations written here (independent of the
-im2col code), the adjoint identity of im2col/col2im, float64 gradient checks
+Oracles: naive loop implementations independent of the im2col code (the
+convolution's is ``naive_conv2d`` of tests/function_cases.py, im2col's is
+here), the adjoint identity of im2col/col2im, float64 gradient checks
 with a random upstream gradient, NumPy-vs-CuPy agreement, and optionally
 PyTorch when it happens to be installed.
 """
@@ -18,31 +19,14 @@ import miniran.functional as F
 from miniran import Tensor, gradcheck, nn
 from miniran.functional.conv import col2im, conv_output_size, im2col
 
+from function_cases import naive_conv2d
+
 
 def _pair(v):
     return tuple(v) if isinstance(v, tuple) else (v, v)
 
 
 # --------------------------------------------------------------------------- naive oracles
-
-
-def naive_conv2d(x, w, b=None, stride=1, padding=0):
-    """Direct loops over every output pixel; the output size comes from counting windows."""
-    (sy, sx), (ph, pw) = _pair(stride), _pair(padding)
-    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    n, _, hp, wp = xpad.shape
-    o, _, kh, kw = w.shape
-    # a window starting at row r fits when r + kh <= hp
-    oh = len(range(0, hp - kh + 1, sy))
-    ow = len(range(0, wp - kw + 1, sx))
-    y = np.zeros((n, o, oh, ow))
-    for s in range(n):
-        for k in range(o):
-            for i in range(oh):
-                for j in range(ow):
-                    window = xpad[s, :, i * sy:i * sy + kh, j * sx:j * sx + kw]
-                    y[s, k, i, j] = np.sum(window * w[k]) + (0.0 if b is None else b[k])
-    return y
 
 
 def naive_im2col(x, kh, kw, stride, padding):

@@ -1,13 +1,13 @@
 """Bilinear resize: hand-computed cases, a naive-loop oracle, gradient checks, PyTorch and CuPy agreement."""
 
-import math
-
 import numpy as np
 import pytest
 
 import miniran.functional as F
 from miniran import Tensor, gradcheck, nn
 from miniran.functional.interpolation import _indices_and_weights, _interpolation_matrix
+
+from function_cases import naive_bilinear
 
 # (H, W) -> (H_out, W_out): up, down, mixed, non-integer ratios, to and from 1x1
 RESIZES = [
@@ -19,34 +19,6 @@ RESIZES = [
     ((6, 5), (4, 2)),
     ((3, 4), (3, 7)),  # one axis unchanged
 ]
-
-
-def naive_bilinear(x, size, align_corners):
-    """Independent oracle: a Python loop over output pixels, straight from PyTorch's formulas."""
-    n, c, h, w = x.shape
-    ho, wo = size
-
-    def source(d, n_in, n_out):
-        if align_corners:
-            return d * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        return max((d + 0.5) * n_in / n_out - 0.5, 0.0)
-
-    y = np.zeros((n, c, ho, wo), dtype=np.float64)
-    for p in range(ho):
-        sy = source(p, h, ho)
-        y0 = int(math.floor(sy))
-        y1, ly = min(y0 + 1, h - 1), sy - y0
-        for q in range(wo):
-            sx = source(q, w, wo)
-            x0 = int(math.floor(sx))
-            x1, lx = min(x0 + 1, w - 1), sx - x0
-            y[:, :, p, q] = (
-                (1 - ly) * (1 - lx) * x[:, :, y0, x0]
-                + (1 - ly) * lx * x[:, :, y0, x1]
-                + ly * (1 - lx) * x[:, :, y1, x0]
-                + ly * lx * x[:, :, y1, x1]
-            )
-    return y
 
 
 # --------------------------------------------------------------------------- hand-computed cases
@@ -154,7 +126,8 @@ def test_matches_naive_loop(src, dst, align_corners, rng):
     x = rng.standard_normal((2, 3) + src)
     y = F.interpolate_bilinear(Tensor(x), dst, align_corners=align_corners)
     assert y.shape == (2, 3) + dst
-    np.testing.assert_allclose(y.data, naive_bilinear(x, dst, align_corners), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(y.data, naive_bilinear(x, dst, align_corners=align_corners),
+                               rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
@@ -186,7 +159,8 @@ def test_keeps_dtype_and_accepts_non_contiguous_input(rng):
     x = base.transpose(0, 1, 3, 2)  # (2, 3, 5, 6), not C-contiguous
     y = F.interpolate_bilinear(Tensor(x), (9, 4))
     assert y.dtype == np.float32
-    np.testing.assert_allclose(y.data, naive_bilinear(x.astype(np.float64), (9, 4), True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.data, naive_bilinear(x.astype(np.float64), (9, 4), align_corners=True),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_size_from_a_reference_tensor(rng):

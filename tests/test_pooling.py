@@ -15,6 +15,8 @@ import miniran.threads
 from miniran import Tensor, gradcheck, nn
 from miniran.backend import to_numpy
 
+from function_cases import naive_pool2d
+
 
 def shuffled_linspace(shape, rng):
     """Distinct values in [-1, 1] in random order: no ties, so max pooling is differentiable."""
@@ -22,7 +24,8 @@ def shuffled_linspace(shape, rng):
     return rng.permutation(np.linspace(-1.0, 1.0, size)).reshape(shape)
 
 
-# --------------------------------------------------------------------------- naive references
+# --------------------------------------------------------------------------- the output-size rule
+# (the pooling oracle itself is naive_pool2d, from function_cases.py)
 
 
 def ref_out_size(size, k, s, p, ceil_mode):
@@ -32,26 +35,6 @@ def ref_out_size(size, k, s, p, ceil_mode):
     if ceil_mode and (out - 1) * s >= size + p:
         out -= 1  # the last window would start in the right padding
     return out
-
-
-def ref_pool(x, k, s, p, ceil_mode, kind, count_include_pad=True):
-    """One output pixel at a time, straight from the definition."""
-    n, c, h, w = x.shape
-    oh, ow = ref_out_size(h, k, s, p, ceil_mode), ref_out_size(w, k, s, p, ceil_mode)
-    y = np.zeros((n, c, oh, ow))
-    for b in range(n):
-        for ch in range(c):
-            for i in range(oh):
-                for j in range(ow):
-                    h0, w0 = i * s - p, j * s - p  # window start, in input coordinates
-                    h1, w1 = min(h0 + k, h + p), min(w0 + k, w + p)  # clipped to the padded edge
-                    real = x[b, ch, max(h0, 0):min(h1, h), max(w0, 0):min(w1, w)]
-                    if kind == "max":
-                        y[b, ch, i, j] = real.max()  # padding is -inf: it never wins
-                    else:
-                        divisor = (h1 - h0) * (w1 - w0) if count_include_pad else real.size
-                        y[b, ch, i, j] = real.sum() / divisor  # padding adds zeros
-    return y
 
 
 GRID = list(
@@ -72,12 +55,12 @@ GRID = list(
 def test_forward_matches_naive_loops(k, s, p, ceil_mode, hw, rng):
     x = shuffled_linspace((2, 3) + hw, rng)
     np.testing.assert_array_equal(
-        F.max_pool2d(Tensor(x), k, s, p, ceil_mode).data, ref_pool(x, k, s, p, ceil_mode, "max")
+        F.max_pool2d(Tensor(x), k, s, p, ceil_mode).data, naive_pool2d(x, k, s, p, ceil_mode=ceil_mode, kind="max")
     )
     for cip in (True, False):
         np.testing.assert_allclose(
             F.avg_pool2d(Tensor(x), k, s, p, ceil_mode, cip).data,
-            ref_pool(x, k, s, p, ceil_mode, "avg", cip),
+            naive_pool2d(x, k, s, p, ceil_mode=ceil_mode, kind="avg", count_include_pad=cip),
             rtol=1e-12, atol=1e-15,
         )
 
@@ -422,7 +405,7 @@ def test_max_pool_inference_saves_no_argmax(rng):
             with miniran.no_grad():
                 y = f(Tensor(x, requires_grad=True))
             assert f.arg is None, cls.__name__
-            np.testing.assert_array_equal(y.data, ref_pool(x, 3, 2, 1, False, "max"))
+            np.testing.assert_array_equal(y.data, naive_pool2d(x, 3, 2, 1, ceil_mode=False, kind="max"))
 
 
 # --------------------------------------------------------------------------- the GPU twin against the reference, on the device

@@ -17,6 +17,8 @@ import miniran
 import miniran.functional as F
 from miniran import Tensor, models
 
+from function_cases import naive_conv2d
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tutorials"))
 
 from solutions.nb01_arrays import logsumexp  # noqa: E402
@@ -88,33 +90,13 @@ def test_sigmoid_solution_gradcheck(rng):
 # --------------------------------------------------------------------------- 03: convolution
 
 
-def _naive_conv(x, w, b, stride, padding):
-    """Seven plain loops: the definition of a (cross-correlation) convolution."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh, ow = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
-    y = np.zeros((n, o, oh, ow))
-    for ni in range(n):
-        for oi in range(o):
-            for i in range(oh):
-                for j in range(ow):
-                    acc = b[oi]
-                    for ci in range(c):
-                        for ky in range(kh):
-                            for kx in range(kw):
-                                acc += w[oi, ci, ky, kx] * xp[ni, ci, i * stride + ky, j * stride + kx]
-                    y[ni, oi, i, j] = acc
-    return y
-
-
 @pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1)])
 def test_conv2d_solution_forward(rng, stride, padding):
     x = rng.standard_normal((2, 3, 6, 5))
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
     y = conv2d_solution(Tensor(x), Tensor(w), Tensor(b), stride, padding)
-    np.testing.assert_allclose(y.data, _naive_conv(x, w, b, stride, padding), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y.data, naive_conv2d(x, w, b, stride=stride, padding=padding), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(y.data, F.conv2d(x, w, b, stride, padding).data, rtol=1e-10, atol=1e-12)
 
 

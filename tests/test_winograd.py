@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) convolution (miniran.fast.winograd) against independent references.
 
 Oracles: im2col + one matrix product (float64) and col2im for the gradients
-(the readable path of miniran.functional.conv), a naive loop convolution,
+(the readable path of miniran.functional.conv), a naive loop convolution (tests/function_cases.py),
 the matrices B, G, A applied literally to each patch, the adjoint identity,
 and float64 central differences with a random upstream gradient.
 """
@@ -16,6 +16,8 @@ from miniran.fast.winograd import (
     conv3x3_winograd_forward,
     winograd_supported,
 )
+
+from function_cases import naive_conv2d
 
 # (N, C, O, H, W, padding): odd and even sizes, H != W, padding 0..3, N = 1, C = 1, O != C
 SHAPES = [
@@ -60,20 +62,6 @@ def reference_grads(x, w, padding, gy):
     return gx, gw
 
 
-def naive_conv(x, w, padding):
-    ph, pw = _pad_pair(padding)
-    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    n, _, hp, wp = xpad.shape
-    o = w.shape[0]
-    y = np.zeros((n, o, hp - 2, wp - 2))
-    for s in range(n):
-        for k in range(o):
-            for i in range(hp - 2):
-                for j in range(wp - 2):
-                    y[s, k, i, j] = np.sum(xpad[s, :, i:i + 3, j:j + 3] * w[k])
-    return y
-
-
 def _data(shape, seed, dtype=np.float64):
     n, c, o, h, wd, p = shape
     rng = np.random.default_rng(seed)
@@ -98,7 +86,7 @@ def test_forward_matches_im2col_float64(shape):
 def test_forward_matches_naive_loops(shape):
     x, w, p, _ = _data(shape, 1)
     y, _ = conv3x3_winograd_forward(x, w, p)
-    np.testing.assert_allclose(y, naive_conv(x, w, p), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, padding=p), rtol=1e-12, atol=1e-12)
 
 
 def test_transforms_equal_the_matrices():
