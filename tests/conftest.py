@@ -65,3 +65,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cp" in getattr(item, "fixturenames", ()) and item.get_closest_marker("gpu") is None:
             raise pytest.UsageError(f"{item.nodeid} uses the `cp` fixture but is not marked gpu")
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def cpu_threads(request, monkeypatch):
+    """1 to 3 of miniran's CPU threads, splitting arrays of any size (reset to the default after)."""
+    import miniran.threads
+
+    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
+    miniran.threads.set_cpu_threads(request.param)
+    yield request.param
+    miniran.threads.set_cpu_threads(None)

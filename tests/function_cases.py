@@ -274,6 +274,21 @@ class _Spy:
         return [c[1] for c in self.calls if c[0] is function]
 
 
+def forward_backward(fn, *arrays, upstream, reference, expect=None):
+    """Output and input gradients of ``fn`` on Tensors made from copies of ``arrays``.
+
+    ``reference``: inside ``miniran.reference_only()``. ``expect``: the class
+    name the output's creator must have (which code ran).
+    """
+    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    with miniran.reference_only() if reference else contextlib.nullcontext():
+        y = fn(*ts)
+        y.backward(upstream)
+    if expect is not None:
+        assert type(y.creator).__name__ == expect
+    return [y.data] + [t.grad for t in ts]
+
+
 @contextlib.contextmanager
 def only_twin(ref, twin):
     """Only ``twin`` is asked by the dispatch for ``ref`` (``None``: no twin at all) for the block."""

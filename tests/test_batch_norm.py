@@ -13,6 +13,8 @@ import miniran.functional as F
 import miniran.threads
 from miniran import Tensor, gradcheck, nn
 
+from function_cases import forward_backward
+
 SHAPES = [(4, 3, 2, 3), (6, 4)]  # (N, C, H, W) and (N, C)
 
 
@@ -309,32 +311,13 @@ def test_batch_norm_relu_is_relu_of_batch_norm(training, rng):
 # lowered), 1 to 3 of them, so uneven splits of the batch are exercised too.
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
-def threads(request, monkeypatch):
-    """1, 2 or 3 CPU threads, used on arrays of any size (reset to the default after)."""
-    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
-    miniran.threads.set_cpu_threads(request.param)
-    yield request.param
-    miniran.threads.set_cpu_threads(None)
+@pytest.fixture
+def threads(cpu_threads):
+    """1, 2 or 3 CPU threads, used on arrays of any size (conftest's cpu_threads)."""
+    return cpu_threads
 
 
-def _run(fn, *arrays, upstream, reference, expect=None):
-    """Output and input gradients of ``fn`` on Tensors made from ``arrays`` (copies).
-
-    ``reference``: inside ``miniran.reference_only()``. ``expect``: the class
-    name the output's creator must have (which code ran).
-    """
-    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
-    if reference:
-        with miniran.reference_only():
-            y = fn(*ts)
-            y.backward(upstream)
-    else:
-        y = fn(*ts)
-        y.backward(upstream)
-    if expect is not None:
-        assert type(y.creator).__name__ == expect
-    return [y.data] + [t.grad for t in ts]
+_run = forward_backward
 
 
 def _assert_close(fast, ref, rtol, what):

@@ -21,6 +21,8 @@ import miniran
 import miniran.functional as F
 from miniran import Tensor, models
 
+from function_cases import forward_backward
+
 
 @pytest.fixture
 def rng():
@@ -36,17 +38,7 @@ def threads(monkeypatch):
     miniran.threads.set_cpu_threads(None)
 
 
-def _run(fn, *arrays, upstream, reference):
-    """Outputs and input gradients of ``fn`` on float Tensors made from ``arrays``."""
-    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
-    if reference:
-        with miniran.reference_only():
-            y = fn(*ts)
-            y.backward(upstream)
-    else:
-        y = fn(*ts)
-        y.backward(upstream)
-    return [y.data] + [t.grad for t in ts]
+_run = forward_backward
 
 
 def _assert_close(fast, ref, rtol, what):

@@ -335,13 +335,6 @@ def test_max_pool_backward_matches_naive_loops(k, s, p, ceil_mode, hw, reference
 # --------------------------------------------------------------------------- the CPU twins against the reference
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
-def cpu_threads(request, monkeypatch):
-    """1 to 3 of miniran's CPU threads, splitting arrays of any size."""
-    monkeypatch.setattr(miniran.threads, "PARALLEL_MIN_ELEMENTS", 1)
-    miniran.threads.set_cpu_threads(request.param)
-    yield request.param
-    miniran.threads.set_cpu_threads(None)
 
 
 def _forward_backward(fn, x, gy, reference):
