@@ -39,10 +39,16 @@ test: $(VENV)/.stamp-test $(NVRTC_VENV)/.stamp
 test-standin: $(VENV)/.stamp-test
 	MINIRAN_CUPY_STANDIN=1 $(PY) -m pytest -m gpu -p no:cacheprovider
 
-## make gpu-check: on a GPU machine, the real gpu tests, the GPU benchmark and a
-## timed Attention-56 run on CIFAR-10 (set MINIRAN_DATA), under 8 minutes
+## make gpu-check: on a GPU machine, reads the driver's CUDA line (nvidia-smi),
+## installs the matching CuPy extra (.[cuda12] / .[cuda13]) into $(VENV) and
+## PyTorch into its own $(TORCH_VENV), then the real gpu tests, the GPU
+## benchmark and a timed Attention-56 run on CIFAR-10 (set MINIRAN_DATA), under
+## 8 minutes after the installs. Fails with one line without nvidia-smi, a GPU
+## or CuPy, or when any gpu test skips. GPU_CHECK_ARGS=--dry-run: the plan only
+TORCH_VENV ?= .venv-torch
+GPU_CHECK_ARGS ?=
 gpu-check: $(VENV)/.stamp-test
-	$(PY) tools/gpu_check.py
+	$(PY) tools/gpu_check.py --torch-env $(TORCH_VENV) $(GPU_CHECK_ARGS)
 
 ## make nvrtc-check: compile every GPU kernel with NVRTC as CuPy would (no GPU needed)
 nvrtc-check: $(NVRTC_VENV)/.stamp
