@@ -359,3 +359,106 @@ class TestKernels:
         assert cp.ElementwiseKernel(*src)(cp.ones(2)).get().tolist() == [8, 8]
         assert _standin_kernels.compile_count == n0 + 1
         assert len(list(tmp_path.glob("*.so"))) == 1
+
+
+# --------------------------------------------------------------------------- as strict as CuPy 14 (issue 18)
+
+
+@needs_standin
+class TestAsCuPy14Issues:
+    """Three places where an earlier stand-in was kinder than CuPy: each of these failed on it."""
+
+    @pytest.mark.parametrize("a_shape,b_shape,transpose,expected", [
+        ((4, 6), (2, 6, 5), None, {"cupy_mat_ptrs": 3, "gemmBatched": 1}),  # W @ col: the weight broadcasts
+        ((6, 4), (2, 6, 5), "a", {"matmul_copy": 1, "cupy_mat_ptrs": 3, "gemmBatched": 1}),  # W.T @ gy
+        ((2, 4, 5), (2, 6, 5), "b", {"matmul_copy": 1, "gemmStridedBatched": 1}),  # gy @ col.T
+        ((2, 4, 6), (2, 6, 5), None, {"gemmStridedBatched": 1}),  # same batch, contiguous: one call
+        ((3, 1, 4, 6), (2, 6, 5), None, {"cupy_mat_ptrs": 6, "gemmBatched": 1}),  # two batch axes
+        ((4, 6), (6, 5), None, {"gemm": 1}),  # 2-D: dot
+        ((6, 4), (6, 5), "a", {"gemm": 1}),  # 2-D transposed: a flag, no copy
+    ])
+    def test_matmul_counts_what_cupy_launches(self, a_shape, b_shape, transpose, expected):
+        rng = np.random.default_rng(0)
+        ha, hb = rng.standard_normal(a_shape).astype(np.float32), rng.standard_normal(b_shape).astype(np.float32)
+        a, b = cp.asarray(ha), cp.asarray(hb)
+        if transpose == "a":
+            a, ha = a.swapaxes(-1, -2), ha.swapaxes(-1, -2)
+        if transpose == "b":
+            b, hb = b.swapaxes(-1, -2), hb.swapaxes(-1, -2)
+        with cupy_standin.counting() as c:
+            got = cp.matmul(a, b)
+        assert dict(c.launches_by_name) == expected
+        np.testing.assert_allclose(got.get(), ha @ hb, rtol=1e-5)
+
+    def test_matmul_into_a_strided_out_copies_once_more(self):
+        a, b = cp.ones((2, 3, 4), dtype=cp.float32), cp.ones((2, 4, 5), dtype=cp.float32)
+        out = cp.empty((2, 5, 3), dtype=cp.float32).swapaxes(1, 2)
+        with cupy_standin.counting() as c:
+            cp.matmul(a, b, out=out)
+        assert dict(c.launches_by_name) == {"matmul_copy": 1, "gemmStridedBatched": 1}
+        assert float(out.sum()) == 2 * 3 * 5 * 4
+
+    def test_a_fixed_type_input_of_another_dtype_is_refused(self):
+        k = cp.ElementwiseKernel("float32 x, int32 n", "float32 y", "y = x * n", "standin_fixed")
+        x = cp.ones(3, dtype=cp.float32)
+        assert k(x, cp.full(3, 2, dtype=cp.int32)).get().tolist() == [2, 2, 2]
+        with pytest.raises(TypeError, match="Type is mismatched. x float64 float32"):
+            k(x.astype(cp.float64), cp.full(3, 2, dtype=cp.int32))
+        with pytest.raises(TypeError, match="Type is mismatched. n int64 int32"):
+            k(x, cp.full(3, 2, dtype=cp.int64))
+        assert k(x, 3).get().tolist() == [3, 3, 3]  # a Python scalar is cast, as in CuPy
+        r = cp.ReductionKernel("float32 x", "float32 y", "x", "a + b", "y = a", "0", "standin_fixed_sum")
+        with pytest.raises(TypeError, match="Type is mismatched"):
+            r(x.astype(cp.float64))
+
+    @pytest.mark.parametrize("n,threads", [(10, 16), (100, 128), (1000, 512), (3, 4)])
+    def test_the_identity_is_applied_once_per_thread(self, n, threads):
+        # CuPy: block_stride = clp2(max(1, 512 // n) // 2 + 1) outputs per 512-thread block, so
+        # 512 // block_stride threads start from the identity for each output
+        wrong = cp.ReductionKernel("T x", "T y", "x", "a + b", "y = a", "1", "standin_wrong_identity")
+        right = cp.ReductionKernel("T x", "T y", "x", "a + b", "y = a", "0", "standin_right_identity")
+        x = cp.arange(n, dtype=cp.float64)
+        assert float(right(x)) == n * (n - 1) / 2
+        assert float(wrong(x)) == n * (n - 1) / 2 + threads
+        rows = cp.ones((5, n), dtype=cp.float64)  # five outputs: each its own threads
+        assert wrong(rows, axis=1).get().tolist() == [n + threads] * 5
+
+    def test_max_with_its_true_identity_is_exact_however_many_threads(self):
+        m = cp.ReductionKernel("T x", "T y", "x", "max(a, b)", "y = a", "-INFINITY", "standin_max_id")
+        h = -np.arange(1, 1001, dtype=np.float32)  # all negative: an identity of 0 would show
+        assert float(m(cp.asarray(h))) == -1.0
+        z = cp.ReductionKernel("T x", "T y", "x", "max(a, b)", "y = a", "0", "standin_max_zero")
+        assert float(z(cp.asarray(h))) == 0.0  # the wrong identity leaks in, as on a GPU
+
+
+@needs_standin
+class TestCublas:
+    """The stand-in of cupy_backends.cuda.libs.cublas: strided-batched GEMM, column-major, pointers checked."""
+
+    def test_strided_batched_gemm_matches_numpy_with_shared_and_transposed_operands(self):
+        from miniran.fast.gemm_gpu import batched_matmul
+
+        rng = np.random.default_rng(1)
+        for dtype in (np.float32, np.float64):
+            w = rng.standard_normal((4, 6)).astype(dtype)
+            col = rng.standard_normal((3, 6, 5)).astype(dtype)
+            gy = rng.standard_normal((3, 4, 5)).astype(dtype)
+            with cupy_standin.counting() as c:
+                y = batched_matmul(cp.asarray(w), cp.asarray(col), cp.empty((3, 4, 5), dtype))
+                g = batched_matmul(cp.asarray(w), cp.asarray(gy), cp.empty((3, 6, 5), dtype), trans_a=True)
+                gw = batched_matmul(cp.asarray(gy), cp.asarray(col), cp.empty((3, 4, 6), dtype), trans_b=True)
+            assert dict(c.launches_by_name) == {"gemmStridedBatched": 3}
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(y.get(), w @ col, rtol=tol, atol=tol)
+            np.testing.assert_allclose(g.get(), w.T @ gy, rtol=tol, atol=tol)
+            np.testing.assert_allclose(gw.get(), gy @ col.transpose(0, 2, 1), rtol=tol, atol=tol)
+
+    def test_a_pointer_outside_every_allocation_is_refused(self):
+        from cupy_backends.cuda.libs import cublas
+
+        a = cp.ones((2, 2), dtype=cp.float32)
+        one, zero = np.ones((), np.float32), np.zeros((), np.float32)
+        with pytest.raises(cublas.CUBLASError, match="not inside"):
+            cublas.sgemmStridedBatched(cp.cuda.get_cublas_handle(), 0, 0, 2, 2, 2, one.ctypes.data,
+                                       a.data.ptr, 2, 4, a.data.ptr, 2, 4, zero.ctypes.data,
+                                       a.data.ptr, 2, 4, 2)  # batch 2 reads past the 4 floats of a

@@ -34,6 +34,7 @@ from miniran.fast import (  # noqa: F401  (imported to register their twins)
     pool_cpu,
     elementwise_gpu,
     elementwise_cpu,
+    interp_gpu,
 )
 
 

@@ -8,7 +8,11 @@ products that broadcast the weight::
     gcol (N, CKK, OH*OW) = w.T @ gy (N, O, OH*OW)             -> col2im
     gw   (O, CKK)        = sum over n of gy[n] @ col[n].T
 
-so no transposing copy is needed. im2col is one ElementwiseKernel with one
+so no transposing copy is needed. Each product is ONE cuBLAS
+strided-batched GEMM (:mod:`miniran.fast.gemm_gpu`): the shared weight has a
+batch stride of 0 and its transpose is a flag, so neither ``cupy.matmul``'s
+pointer-array kernels nor its copies of transposed operands are issued.
+im2col is one ElementwiseKernel with one
 thread per ``col`` element; col2im is a *gather* with one thread per input
 pixel, which sums its contributions itself (no atomics, so the result is
 deterministic). A 1x1 kernel with stride 1 and no padding needs no im2col:
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from miniran import backend, kernels
 from miniran.backend import get_array_module
+from miniran.fast import gemm_gpu
 from miniran.functional._dispatch import twin_of
 from miniran.functional.conv import Conv2dFunction
 
@@ -84,6 +89,14 @@ _COL2IM_BATCHED_KERNEL = kernels.elementwise_kernel(
 )
 
 
+def _product(a, b, out, trans_a=False, trans_b=False):
+    """``out[i] = op(a[i]) @ op(b[i])``: one cuBLAS call, or ``cupy.matmul`` for dtypes cuBLAS's strided GEMM lacks."""
+    if gemm_gpu.supported(a, b, out):
+        return gemm_gpu.batched_matmul(a, b, out, trans_a=trans_a, trans_b=trans_b)
+    cp = get_array_module(a)
+    return cp.matmul(a.swapaxes(-1, -2) if trans_a else a, b.swapaxes(-1, -2) if trans_b else b, out=out)
+
+
 @twin_of(Conv2dFunction)
 class Conv2dGPU(Conv2dFunction):
     """The convolution on CuPy arrays, in the per-image layout of the module docstring."""
@@ -110,7 +123,7 @@ class Conv2dGPU(Conv2dFunction):
             col = cp.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
             _IM2COL_BATCHED_KERNEL(x, n, c, h, wd, kh, kw, oh, ow, sy, sx, ph, pw, col)
         self.col3d = col if self.needs_input_grad[1] else None
-        y = cp.matmul(w.reshape(o, c * kh * kw), col)  # (N, O, OH*OW)
+        y = _product(w.reshape(o, c * kh * kw), col, cp.empty((n, o, oh * ow), dtype=x.dtype))  # (N, O, OH*OW)
         if b is not None:
             y += b.astype(y.dtype, copy=False)[:, None]
         return y.reshape(n, o, oh, ow)
@@ -125,7 +138,8 @@ class Conv2dGPU(Conv2dFunction):
         needs = self.needs_input_grad
         gx = gw = gb = None
         if needs[0]:
-            gcol = cp.matmul(self.w.reshape(o, c * kh * kw).T, gy3)  # (N, CKK, OH*OW)
+            gcol = _product(self.w.reshape(o, c * kh * kw), gy3, cp.empty((n, c * kh * kw, oh * ow), gy3.dtype),
+                            trans_a=True)  # w.T @ gy3: (N, CKK, OH*OW)
             if self.pointwise:
                 gx = gcol.reshape(n, c, h, wd)
             else:
@@ -133,8 +147,9 @@ class Conv2dGPU(Conv2dFunction):
                 _COL2IM_BATCHED_KERNEL(gcol, n, c, h, wd, kh, kw, oh, ow, sy, sx, ph, pw, gx)
             gx = gx.astype(self.dtypes[0], copy=False)
         if needs[1]:
-            # one batched product (N, O, CKK), then the sum over the batch
-            gw = cp.matmul(gy3, self.col3d.transpose(0, 2, 1)).sum(axis=0)
+            # one batched product gy3 @ col.T (N, O, CKK), then the sum over the batch
+            per_image = _product(gy3, self.col3d, cp.empty((n, o, c * kh * kw), gy3.dtype), trans_b=True)
+            gw = per_image.sum(axis=0)
             gw = gw.reshape(self.w.shape).astype(self.dtypes[1], copy=False)
         if len(needs) == 3 and needs[2]:
             gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)

@@ -49,6 +49,7 @@ import operator
 import numpy as np
 
 from miniran import backend
+from miniran.functional import _dispatch
 from miniran.autograd import Function, Tensor
 
 
@@ -212,4 +213,4 @@ def interpolate_bilinear(x, size, align_corners=True) -> Tensor:
         raise TypeError(f"interpolate_bilinear: x must be floating point, got dtype {x.dtype}")
     if shape[2] == 0 or shape[3] == 0:
         raise ValueError(f"interpolate_bilinear: x has an empty spatial size, shape {shape}")
-    return InterpolateBilinear(_normalize_size(size, shape), bool(align_corners))(x)
+    return _dispatch.apply(InterpolateBilinear, x, size=_normalize_size(size, shape), align_corners=bool(align_corners))

@@ -699,6 +699,92 @@ def _install():
 _install()
 
 
+# --------------------------------------------------------------------------- matrix products as CuPy 14 issues them
+#
+# CuPy 14's matmul (cupy/_core/_routines_linalg.pyx) for operands of more than
+# two dimensions: each operand is expanded to the common ndim (a view), then
+# made C-contiguous in the computed dtype (a copy when it is not: a transposed
+# operand, or one of another dtype). When no batch axis broadcasts, one
+# gemmStridedBatchedEx does the product; when one does (a 2-D weight against a
+# batch), cuBLAS's gemmBatched needs arrays of matrix pointers, built by one
+# `cupy_mat_ptrs` kernel per batch axis for each operand and for the output,
+# then one gemmBatched. An `out=` that is not C-contiguous or not of the
+# computed dtype gets the result by one more copy. Two-dimensional products
+# go through `dot` (tensordot_core): an operand that is C- or F-contiguous is
+# passed with a transpose flag, any other is copied first.
+
+
+def _product_dtype(A, B):
+    dtype = _np.promote_types(A.dtype, B.dtype)
+    return _np.dtype("f") if dtype.char == "e" else dtype
+
+
+def _dot2d_launches(A, B, out):
+    dtype = _product_dtype(A, B)
+    n = 1  # the GEMM (or GEMV/dot) itself
+    for x in (A, B):
+        if x.ndim == 2 and not (x.flags.c_contiguous or x.flags.f_contiguous) or x.dtype != dtype:
+            n += 1
+    if out is not None and not (out.flags.c_contiguous and out.dtype == dtype):
+        n += 1
+    return n
+
+
+def _matmul_launches(A, B, out):
+    """[(name, count)] of the device operations CuPy 14's matmul issues for host operands A, B."""
+    nd = _builtins.max(A.ndim, B.ndim)
+    if nd <= 2:
+        return [("gemm", 1), ("matmul_copy", _dot2d_launches(A, B, out) - 1)]
+    dtype = _product_dtype(A, B)
+    a = A.reshape(1, -1) if A.ndim == 1 else A
+    b = B.reshape(-1, 1) if B.ndim == 1 else B
+    copies = _builtins.sum(1 for x in (a, b) if not x.flags.c_contiguous or x.dtype != dtype)
+    a_batch = (1,) * (nd - a.ndim) + a.shape[:-2]
+    b_batch = (1,) * (nd - b.ndim) + b.shape[:-2]
+    broadcast = _builtins.any(x != y and _builtins.max(x, y) > 1 for x, y in zip(a_batch, b_batch))
+    if out is not None and not (out.flags.c_contiguous and out.dtype == dtype
+                                and not _np.may_share_memory(out, A) and not _np.may_share_memory(out, B)):
+        copies += 1
+    pointers = 3 * (nd - 2) if broadcast else 0
+    return [("matmul_copy", copies), ("cupy_mat_ptrs", pointers),
+            ("gemmBatched" if broadcast else "gemmStridedBatched", 1)]
+
+
+def _count_product(launches):
+    for name, n in launches:
+        if n:
+            _ctl.launch(name, n)
+
+
+def matmul(a, b, out=None, **kwargs):
+    """cupy.matmul, with the device operations CuPy 14 issues for it (see above)."""
+    if kwargs:
+        raise TypeError(f"matmul: the stand-in supports out= only, got {sorted(kwargs)}")
+    A, B = _unwrap(a, strict=True), _unwrap(b, strict=True)
+    if not isinstance(A, _np.ndarray) or not isinstance(B, _np.ndarray):
+        raise ValueError("Scalar operands are not allowed, use '*' instead")
+    res = _np.matmul(A, B)
+    _count_product(_matmul_launches(A, B, None if out is None else out._a))
+    if out is not None:
+        out._a[...] = res
+        return out
+    return _wrap(res)
+
+
+def dot(a, b, out=None):
+    """cupy.dot: one GEMM, plus a copy of each operand that is neither C- nor F-contiguous."""
+    A, B = _unwrap(a, strict=True), _unwrap(b, strict=True)
+    res = _np.dot(A, B)
+    if isinstance(A, _np.ndarray) and isinstance(B, _np.ndarray) and A.ndim <= 2 and B.ndim <= 2:
+        _count_product([("gemm", 1), ("matmul_copy", _dot2d_launches(A, B, None if out is None else out._a) - 1)])
+    else:
+        _ctl.launch("dot")
+    if out is not None:
+        out._a[...] = res
+        return out
+    return _wrap(res)
+
+
 def take(a, indices, axis=None, out=None):
     """cupy.take: out-of-range indices wrap (CuPy has no mode='raise')."""
     idx = indices._a if isinstance(indices, ndarray) else _np.asarray(_unwrap(indices))

@@ -200,6 +200,10 @@ def _bind(params, args, types: dict) -> None:
     """Bind type placeholders (T, S...) from the arrays given for them."""
     from cupy import ndarray
     for p, a in zip(params, args):
+        # a fixed-type parameter takes an array of exactly that dtype: CuPy casts
+        # scalars, never arrays (_decide_params_type_core raises)
+        if p.dtype is not None and isinstance(a, ndarray) and a.dtype != np.dtype(p.dtype):
+            raise TypeError(f"Type is mismatched. {p.name} {a.dtype} {np.dtype(p.dtype)}")
         if p.dtype is None and isinstance(a, ndarray):
             t = types.get(p.type_name)
             if t is not None and t != a.dtype:
@@ -381,6 +385,39 @@ def _fail_cast(p, have, want):
 # --------------------------------------------------------------------------- ReductionKernel
 
 
+_REDUCTION_BLOCK_SIZE = 512  # CuPy's default block size for reductions (256 on ROCm)
+
+
+def _clp2(x: int) -> int:
+    """The smallest power of 2 at or above x (CuPy's internal.clp2)."""
+    return 1 << (max(1, x) - 1).bit_length()
+
+
+def _threads_per_output(arrays, axes, keep, nred, nout) -> int:
+    """How many threads of one block cooperate on each output, as CuPy 14 lays out a reduction.
+
+    CuPy (cupy/_core/_reduction.pyx, ``_get_block_specs``): a block of 512
+    threads serves ``block_stride`` outputs, so ``512 // block_stride`` threads
+    share one output, each starting from the identity and stepping through
+    the reduced elements; their partial results are then combined in a tree.
+    ``block_stride = clp2(max(contiguous, 512 // nred) // 2 + 1)``, where
+    ``contiguous`` (at most 32) counts the output elements that lie next to
+    each other in memory.
+    """
+    contiguous = 1
+    for a in arrays:
+        run, itemsize = 1, a.dtype.itemsize
+        for d in reversed(keep):  # output axes, innermost first
+            if a.strides[d] != run * itemsize:
+                break
+            run *= a.shape[d]
+        contiguous = max(contiguous, run)
+    reduce_block = max(1, nred)  # in_size // out_size
+    stride = max(min(contiguous, 32), _REDUCTION_BLOCK_SIZE // reduce_block)
+    stride = _clp2(stride // 2 + 1)
+    return max(1, _REDUCTION_BLOCK_SIZE // stride)
+
+
 class ReductionKernel:
     """User-defined reduction: map each element, REDUCE(a, b) over ``axis``, POST_MAP(a)."""
 
@@ -448,9 +485,10 @@ class ReductionKernel:
                 bufs.add(_contiguous(a._a, dt))
             else:
                 bufs.add(_scalar_buffer(a, dt))
+        nthreads = _threads_per_output([np.broadcast_to(a._a, shape) for a in arrays], axes, keep, nred, nout)
         fn = lib._standin_run
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong]
-        fn(bufs.pointers(), nout, nred)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong]
+        fn(bufs.pointers(), nout, nred, nthreads)
         _check_oob(lib, [p.name for p in params], self.name)
         bufs.finish()
         _ctl.launch(self.name)
@@ -472,22 +510,31 @@ class ReductionKernel:
                 inner.append(f"const {ct} {p.name} = _raw_{p.name}[_j * _nred + _k];")
             else:
                 head.append(f"const {ct} {p.name} = *({ct}*)_args[{k}];")
-        ident = self.identity
-        init = (f"_type_reduce _s = _type_reduce({ident}); bool _first = false;" if ident is not None
-                else "_type_reduce _s = _type_reduce(); bool _first = true;")
+        map_line = f"_type_reduce _a = static_cast<_type_reduce>({self.map_expr});"
+        if self.identity is None:  # no identity: the first mapped element starts the reduction
+            body = ("    _type_reduce _s = _type_reduce(); bool _first = true;\n"
+                    "    for (ptrdiff_t _k = 0; _k < (ptrdiff_t)_nred; ++_k) {\n      "
+                    + "\n      ".join(inner) + f"\n      {map_line}\n"
+                    "      if (_first) { _s = _a; _first = false; } else { _s = REDUCE(_s, _a); }\n    }\n")
+        else:  # as CuPy: every thread starts from the identity, then a tree joins the threads
+            body = ("    _type_reduce _p[" + str(_REDUCTION_BLOCK_SIZE) + "];\n"
+                    "    for (long long _t = 0; _t < _nthr; ++_t) {\n"
+                    f"      _p[_t] = _type_reduce({self.identity});\n"
+                    "      for (ptrdiff_t _k = _t; _k < (ptrdiff_t)_nred; _k += _nthr) {\n        "
+                    + "\n        ".join(inner) + f"\n        {map_line}\n"
+                    "        _p[_t] = REDUCE(_p[_t], _a);\n      }\n    }\n"
+                    "    for (long long _w = _nthr / 2; _w >= 1; _w /= 2)\n"
+                    "      for (long long _t = 0; _t < _w; ++_t) _p[_t] = REDUCE(_p[_t], _p[_t + _w]);\n"
+                    "    _type_reduce _s = _p[0];\n")
         return (_PRELUDE + _typedefs(types) + self.preamble + "\n"
                 + f"#define REDUCE(a, b) ({self.reduce_expr})\n"
                 + f"#define POST_MAP(a) ({self.post_map_expr})\n"
                 + f"typedef {self.reduce_type} _type_reduce;\n"
-                + 'extern "C" void _standin_run(void** _args, long long _nout, long long _nred) {\n'
+                + 'extern "C" void _standin_run(void** _args, long long _nout, long long _nred, long long _nthr) {\n'
                 + "  " + "\n  ".join(head) + "\n"
                 + "  for (ptrdiff_t _j = 0; _j < (ptrdiff_t)_nout; ++_j) {\n"
-                + f"    {init}\n"
-                + "    for (ptrdiff_t _k = 0; _k < (ptrdiff_t)_nred; ++_k) {\n      "
-                + "\n      ".join(inner) + "\n"
-                + f"      _type_reduce _a = static_cast<_type_reduce>({self.map_expr});\n"
-                + "      if (_first) { _s = _a; _first = false; } else { _s = REDUCE(_s, _a); }\n"
-                + "    }\n    " + "\n    ".join(post) + "\n    POST_MAP(_s);\n  }\n}\n")
+                + body
+                + "    " + "\n    ".join(post) + "\n    POST_MAP(_s);\n  }\n}\n")
 
 
 # --------------------------------------------------------------------------- RawKernel

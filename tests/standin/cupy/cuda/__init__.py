@@ -151,6 +151,11 @@ def get_device_id():
     return runtime.getDevice()
 
 
+def get_cublas_handle():
+    """The cuBLAS handle of the current device (an int, as in CuPy); the stand-in's cuBLAS ignores it."""
+    return 1
+
+
 def is_available():
     return True
 

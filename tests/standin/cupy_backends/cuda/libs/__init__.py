@@ -1,0 +1,1 @@
+"""Stand-in for ``cupy_backends.cuda.libs``."""
