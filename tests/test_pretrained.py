@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def test_unknown_name_and_unreadable_file(tmp_path):
         models.load_pretrained("resnet164_cifar10")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="not a readable pretrained"):
+    with pytest.raises(ValueError, match="not a readable .npz file"):
         models.load_pretrained(path=bad)
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros(3))
@@ -234,3 +235,175 @@ def test_shipped_files_agree():
     assert meta["model"] == "attention56" and meta["metrics"] and meta["epochs"] == meta["metrics"][-1]["epoch"]
     with np.load(path, allow_pickle=False) as f:
         assert str(f["meta/weights_dtype"]) == meta["weights_dtype"]
+
+
+# ------------------------------------------------------------------ damaged copies of the shipped file
+# Issue 17: load_pretrained checks its file as carefully as the checkpoint reader. Every damaged
+# copy below gives one ValueError line that names the file (and the entry, where there is one).
+
+
+@pytest.fixture(scope="module")
+def shipped_arrays():
+    if not models.pretrained_available():
+        pytest.skip(f"the trained weights are not in this copy ({pt.pretrained_path()} is missing)")
+    return load_arrays(pt.pretrained_path())
+
+
+def _one_line_naming(info, path, *words):
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def _weight(arrays):
+    """The first parameter of the file (a convolution's weight)."""
+    return next(k for k in arrays if k.startswith("model/") and k.endswith(".weight") and arrays[k].ndim == 4)
+
+
+def _set(key, value):
+    return lambda a: a.__setitem__(key, value(a) if callable(value) else value)
+
+
+def _del(key):
+    return lambda a: a.pop(key)
+
+
+def _on_weight(change):
+    return lambda a: a.__setitem__(_weight(a), change(a[_weight(a)]))
+
+
+def _nan(w):
+    w = w.copy()
+    w.flat[0] = np.nan
+    return w
+
+
+def _inf(w):
+    w = w.copy()
+    w.flat[-1] = -np.inf
+    return w
+
+
+DAMAGES = {
+    # the network the file says it holds
+    "model resnet164": (_set("meta/model", np.array("resnet164")), "meta/model"),
+    "model nope": (_set("meta/model", np.array("nope")), "meta/model"),
+    "model attention92": (_set("meta/model", np.array("attention92")), "meta/model"),
+    "model not a string": (_set("meta/model", np.int64(56)), "meta/model"),
+    "num_classes 100": (_set("meta/num_classes", np.int64(100)), "meta/num_classes"),
+    "num_classes text": (_set("meta/num_classes", np.array("ten")), "meta/num_classes"),
+    "no num_classes": (_del("meta/num_classes"), "meta/num_classes"),
+    "no model": (_del("meta/model"), "meta/model"),
+    "format 2": (_set("meta/format", np.int64(2)), "meta/format"),
+    "other name": (_set("meta/name", np.array("resnet164_cifar10")), "meta/name"),
+    "weights_dtype int8": (_set("meta/weights_dtype", np.array("int8")), "meta/weights_dtype"),
+    # the normalisation
+    "no std": (_del("data/std"), "data/std"),
+    "no mean": (_del("data/mean"), "data/mean"),
+    "mean of shape (5,)": (_set("data/mean", np.zeros(5, np.float32)), "data/mean"),
+    "std of zeros": (_set("data/std", lambda a: np.zeros_like(a["data/std"])), "data/std"),
+    "negative std": (_set("data/std", lambda a: -np.ones_like(a["data/std"])), "data/std"),
+    "NaN mean": (_set("data/mean", lambda a: np.full_like(a["data/mean"], np.nan)), "data/mean"),
+    "mean as text": (_set("data/mean", lambda a: a["data/mean"].astype(str)), "data/mean"),
+    # the class names
+    "one class name": (_set("meta/classes", np.array(["airplane"])), "meta/classes"),
+    "classes as numbers": (_set("meta/classes", np.arange(10)), "meta/classes"),
+    # the weights
+    "complex weights": (_on_weight(lambda w: w.astype(np.complex64) + 1j), "model/"),
+    "weights as strings": (_on_weight(lambda w: w.astype(str)), "model/"),
+    "integer weights": (_on_weight(lambda w: w.astype(np.int64)), "model/"),
+    "NaN weight": (_on_weight(_nan), "model/"),
+    "infinite weight": (_on_weight(_inf), "model/"),
+    "weight of another shape": (_on_weight(lambda w: w[:1]), "model/"),
+    "a weight missing": (lambda a: a.pop(_weight(a)), "model/"),
+    "an extra weight": (_set("model/extra.weight", np.zeros(3, np.float16)), "model/extra.weight"),
+    "no weights at all": (lambda a: [a.pop(k) for k in [k for k in a if k.startswith("model/")]], "model/"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGES))
+def test_a_damaged_entry_is_refused_by_name(case, shipped_arrays, tmp_path):
+    damage, entry = DAMAGES[case]
+    arrays = dict(shipped_arrays)
+    damage(arrays)
+    path = tmp_path / "damaged.npz"
+    save_arrays(path, arrays)
+    if entry == "model/":  # the message names the weight itself
+        entry = _weight(shipped_arrays) if case != "no weights at all" else "model/"
+    with pytest.raises(ValueError) as info:
+        models.load_pretrained(path=path)
+    _one_line_naming(info, path, entry)
+
+
+def test_an_intact_copy_still_loads(shipped_arrays, tmp_path):
+    path = tmp_path / "copy.npz"
+    save_arrays(path, shipped_arrays)
+    net = models.load_pretrained(path=path)
+    assert net.pretrained_info["classes"] == list(data.CIFAR10_CLASSES)
+
+
+def _flip(offset):
+    def damage(raw):
+        raw = bytearray(raw)
+        raw[offset(raw)] ^= 0xFF
+        return bytes(raw)
+    return damage
+
+
+def _central_directory(raw):
+    return raw.rindex(b"PK\x01\x02")  # the last entry of the zip's table of contents
+
+
+FILE_DAMAGES = {
+    "truncated to half": lambda raw: raw[: len(raw) // 2],
+    "last byte cut": lambda raw: raw[:-1],
+    "empty": lambda raw: b"",
+    "a byte of the weights flipped": _flip(lambda raw: len(raw) // 2),
+    "the compression method flipped": _flip(lambda raw: _central_directory(raw) + 10),
+    "the zip version flipped": _flip(lambda raw: _central_directory(raw) + 6),
+    "the directory offset flipped": _flip(lambda raw: len(raw) - 5),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_DAMAGES))
+def test_a_truncated_or_flipped_file_is_one_clear_line(case, tmp_path):
+    if not models.pretrained_available():
+        pytest.skip(f"the trained weights are not in this copy ({pt.pretrained_path()} is missing)")
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(FILE_DAMAGES[case](pt.pretrained_path().read_bytes()))
+    with pytest.raises(ValueError) as info:
+        models.load_pretrained(path=path)
+    _one_line_naming(info, path)
+
+
+def test_a_npy_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError) as info:
+        models.load_pretrained(path=path)
+    _one_line_naming(info, path, ".npy")
+
+
+def test_an_unknown_name_with_a_path_is_one_clear_line(tmp_path):
+    path = tmp_path / "weights.npz"
+    np.savez(path, x=np.zeros(3))
+    with pytest.raises(ValueError) as info:
+        models.load_pretrained(name="nope", path=path)
+    assert "'nope'" in str(info.value) and "available: attention56_cifar10" in str(info.value)
+
+
+@pytest.mark.parametrize("model", [m for m in models.MODELS if m != "attention56"])
+def test_every_other_network_refuses_pretrained_in_one_line(model):
+    """resnet164(pretrained=True) said "unexpected keyword argument"; every builder now names the argument."""
+    assert "pretrained" in inspect.signature(models.MODELS[model]).parameters
+    with pytest.raises(ValueError) as info:
+        models.MODELS[model](pretrained=True)
+    message = str(info.value)
+    assert "only attention56(pretrained=True) ships with miniran" in message and "\n" not in message
+
+
+def test_resnet164_still_builds_without_pretrained():
+    assert models.resnet164(pretrained=False).fc.weight.shape == (10, 256)

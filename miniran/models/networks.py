@@ -114,13 +114,14 @@ class ResidualAttentionNetwork(nn.Module):
         return [m for m in self.modules() if isinstance(m, AttentionModule)]
 
 
-def _no_pretrained(options, name):
-    if options.pop("pretrained", False):
+def _no_pretrained(pretrained, name):
+    """Every builder takes ``pretrained``; only attention56 has weights to give."""
+    if pretrained:
         raise ValueError(f"no pretrained weights for {name}; only attention56(pretrained=True) ships with miniran")
 
 
-def _cifar_attention(m, num_classes, seed, pools, p=1, t=2, r=1, **options):
-    _no_pretrained(options, f"Attention-{36 * m + 20}" if (p, t) == (1, 2) else "this network")
+def _cifar_attention(m, num_classes, seed, pools, pretrained=False, p=1, t=2, r=1, **options):
+    _no_pretrained(pretrained, f"Attention-{20 + 9 * m * (2 * p + t)}")  # 36m+20 for p=1, t=2
     return ResidualAttentionNetwork(
         "cifar", (64, 128, 256), (m, m, m), tuple(pools), num_classes=num_classes, seed=seed,
         p=p, t=t, r=r, **options,
@@ -141,56 +142,63 @@ def attention56(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **opt
     return _cifar_attention(1, num_classes, seed, pools, **options)
 
 
-def attention92(num_classes=10, seed=0, pools=(3, 2, 1), **options):
-    """Attention-92 for 32x32 input: m = 2 modules per stage (Table 6: 1.9M params)."""
-    return _cifar_attention(2, num_classes, seed, pools, **options)
+def attention92(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
+    """Attention-92 for 32x32 input: m = 2 modules per stage (Table 6: 1.9M params).
+
+    ``pretrained=True`` is refused in one line, as for every network but attention56.
+    """
+    return _cifar_attention(2, num_classes, seed, pools, pretrained, **options)
 
 
-def attention128(num_classes=10, seed=0, pools=(3, 2, 1), **options):
+def attention128(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
     """Attention-128 for 32x32 input: m = 3."""
-    return _cifar_attention(3, num_classes, seed, pools, **options)
+    return _cifar_attention(3, num_classes, seed, pools, pretrained, **options)
 
 
-def attention164(num_classes=10, seed=0, pools=(3, 2, 1), **options):
+def attention164(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
     """Attention-164 for 32x32 input: m = 4 (used for Figure 4)."""
-    return _cifar_attention(4, num_classes, seed, pools, **options)
+    return _cifar_attention(4, num_classes, seed, pools, pretrained, **options)
 
 
-def attention236(num_classes=10, seed=0, pools=(3, 2, 1), **options):
+def attention236(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
     """Attention-236 for 32x32 input: m = 6 (Table 6: 5.1M params)."""
-    return _cifar_attention(6, num_classes, seed, pools, **options)
+    return _cifar_attention(6, num_classes, seed, pools, pretrained, **options)
 
 
-def attention452(num_classes=10, seed=0, pools=(3, 2, 1), **options):
+def attention452(num_classes=10, seed=0, pools=(3, 2, 1), pretrained=False, **options):
     """Attention-452 for 32x32 input: m = 6 with p = 2, t = 4, r = 3 (Table 6 footnote)."""
     options = {"p": 2, "t": 4, "r": 3, **options}
-    return _cifar_attention(6, num_classes, seed, pools, **options)
+    return _cifar_attention(6, num_classes, seed, pools, pretrained, **options)
 
 
-def resnet164(num_classes=10, seed=0):
-    """Pre-activation ResNet-164 for 32x32 input: 18 bottleneck units per stage (the Table 5 baseline)."""
+def resnet164(num_classes=10, seed=0, pretrained=False):
+    """Pre-activation ResNet-164 for 32x32 input: 18 bottleneck units per stage (the Table 5 baseline).
+
+    ``pretrained=True`` is refused in one line: no weights ship for it.
+    """
+    _no_pretrained(pretrained, "ResNet-164")
     return ResidualAttentionNetwork(
         "cifar", (64, 128, 256), (0, 0, 0), (0, 0, 0), units_per_stage=(18, 18, 18),
         final_units=0, num_classes=num_classes, seed=seed,
     )
 
 
-def _imagenet_attention(modules, num_classes, seed, **options):
-    _no_pretrained(options, "the ImageNet networks")
+def _imagenet_attention(modules, num_classes, seed, pretrained=False, **options):
+    _no_pretrained(pretrained, "the ImageNet networks")
     return ResidualAttentionNetwork(
         "imagenet", (256, 512, 1024), modules, (3, 2, 1), final_units=3, final_width=2048,
         final_stride=2, num_classes=num_classes, seed=seed, **options,
     )
 
 
-def attention56_imagenet(num_classes=1000, seed=0, **options):
+def attention56_imagenet(num_classes=1000, seed=0, pretrained=False, **options):
     """Attention-56 for 224x224 input, Table 2: modules 1/1/1 (31.8M params with BN)."""
-    return _imagenet_attention((1, 1, 1), num_classes, seed, **options)
+    return _imagenet_attention((1, 1, 1), num_classes, seed, pretrained, **options)
 
 
-def attention92_imagenet(num_classes=1000, seed=0, **options):
+def attention92_imagenet(num_classes=1000, seed=0, pretrained=False, **options):
     """Attention-92 for 224x224 input, Table 2: modules 1/2/3 (52.5M params with BN)."""
-    return _imagenet_attention((1, 2, 3), num_classes, seed, **options)
+    return _imagenet_attention((1, 2, 3), num_classes, seed, pretrained, **options)
 
 
 #: every network by name, for the command line

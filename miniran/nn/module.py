@@ -311,14 +311,17 @@ def load_arrays(path) -> dict:
     all) raises a ValueError that names it; a missing one, FileNotFoundError.
     """
     path = os.fspath(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array (.npy), not named arrays (.npz)")
-        with loaded as f:
-            return {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as exc:
-        reason = str(exc)
-        if "pickled" in reason:
-            reason = "it is not a NumPy .npz file"
-        raise ValueError(f"{path} is not a readable .npz file ({reason}): truncated or damaged?") from exc
+    # opened here, so that the file is closed even when zipfile gives up half way through
+    with open(path, "rb") as handle:
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array (.npy), not named arrays (.npz)")
+            with loaded as f:
+                return {k: f[k] for k in f.files}
+        # NotImplementedError: a damaged table of contents names an unknown compression or zip version
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, NotImplementedError) as exc:
+            reason = str(exc)
+            if "pickled" in reason:
+                reason = "it is not a NumPy .npz file"
+            raise ValueError(f"{path} is not a readable .npz file ({reason}): truncated or damaged?") from exc
