@@ -21,18 +21,26 @@ import everything below it, and nothing imports it. Every function draws into
 
 Every box is a ``FancyBboxPatch`` with the gid ``"diagram-box"`` and its text
 the gid ``"diagram-label"``, so tests (and curious readers) can find them.
+Bad arguments (a negative count, ``kernel_size=0``, a NumPy array where a
+Tensor is needed, a 3-D image) are refused before anything is drawn, with one
+line naming the function, the argument and what was expected (``ValueError``,
+or ``TypeError`` for a value of the wrong type).
 Draw a computation graph *before* calling ``backward`` (or pass
 ``retain_graph=True`` to it): backward frees the functions' inputs.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 import miniran.functional as F
+from miniran import backend
 from miniran.autograd import Tensor
+from miniran.models import AttentionModule, PreActBottleneck
 
 __all__ = [
     "attention_module", "batch_norm_graph", "batch_norm_staged", "bottleneck_unit", "computation_graph",
@@ -47,6 +55,36 @@ COLOURS = {
     "bn": "#fff2cc", "conv": "#cfe2f3", "tensor": "#cfe2f3", "leaf": "#d9ead3", "const": "#eeeeee",
     "function": "#fce5cd",
 }
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _count(fname, name, value, low, what=""):
+    """``value`` as an int, refused in one line unless it is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fname}: {name} must be an int >= {low}{what}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{fname}: {name} must be an int >= {low}{what}, got {value!r}")
+    return int(value)
+
+
+def _check_roots(fname, roots, names=None):
+    """The tensors whose graph is drawn: at least one, each a miniran Tensor; so is each of ``names``.
+
+    Returns ``{id(tensor): label}`` of ``names``.
+    """
+    for label, t in (names or {}).items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fname}: names[{label!r}] must be a Tensor of the graph, got {type(t).__name__}")
+    if not roots:
+        raise ValueError(f"{fname}: give at least one Tensor, the result whose graph to draw "
+                         f"(e.g. {fname}(loss))")
+    for i, root in enumerate(roots):
+        if not isinstance(root, Tensor):
+            raise TypeError(f"{fname}: root {i} must be a miniran Tensor (the result of operations on "
+                            f"Tensors), got {type(root).__name__}; wrap an array as Tensor(array)")
+    return {id(t): label for label, t in (names or {}).items()}
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -128,11 +166,18 @@ def attention_module(module=None, *, p=1, t=2, r=1, pools=3, residual=True, size
     at the level of the encoder map it reads.
     """
     if module is not None:
+        if not isinstance(module, AttentionModule):
+            raise TypeError(f"attention_module: module must be an AttentionModule (or None), "
+                            f"got {type(module).__name__}")
         c = module.config
         if c["mask"] != "encoder_decoder":
             raise ValueError("attention_module draws the encoder-decoder mask; this module has "
                              f"mask={c['mask']!r}")
         p, t, r, pools, residual = c["p"], c["t"], c["r"], c["pools"], c["residual"]
+    pools = _count("attention_module", "pools", pools, 1, " (max poolings in the soft mask branch)")
+    p, t, r = (_count("attention_module", name, value, 0, " (residual units)")
+               for name, value in (("p", p), ("t", t), ("r", r)))
+    size = _count("attention_module", "size", size, 1, " (the side of the module's input)")
     step, dy = 1.45, 0.75                     # distance between boxes along the path, between levels
     w, h = 1.32, 0.55
     inch = 0.8                                # figure inches per data unit: fonts fit the boxes
@@ -221,7 +266,16 @@ def bottleneck_unit(unit=None, *, in_channels=64, out_channels=64, stride=1, ax=
     channels and the stride from it.
     """
     if unit is not None:
+        if not isinstance(unit, PreActBottleneck):
+            raise TypeError(f"bottleneck_unit: unit must be a PreActBottleneck (or None), got {type(unit).__name__}")
         in_channels, out_channels, stride = unit.in_channels, unit.out_channels, unit.stride
+    in_channels = _count("bottleneck_unit", "in_channels", in_channels, 1)
+    out_channels = _count("bottleneck_unit", "out_channels", out_channels, 4, ", a multiple of 4 "
+                          "(the bottleneck width is out_channels // 4)")
+    if out_channels % 4:
+        raise ValueError(f"bottleneck_unit: out_channels must be a multiple of 4 (the bottleneck width is "
+                         f"out_channels // 4), got {out_channels}")
+    stride = _count("bottleneck_unit", "stride", stride, 1)
     width = out_channels // 4
     project = in_channels != out_channels or stride != 1
     fig, ax = _axes(ax, (3.6, 6.2))
@@ -269,8 +323,10 @@ def graph_nodes(*roots):
     and ``functions`` are lists in the order found (roots first); ``edges`` is
     a list of ``(source, target)`` pairs: ``(input tensor, function)`` once per
     input slot (``x * x`` gives two) and ``(function, output tensor)``.
-    Raises ``RuntimeError`` if backward has already freed the graph.
+    Raises ``RuntimeError`` if backward has already freed the graph, ``ValueError``
+    without a root and ``TypeError`` for a root that is not a Tensor.
     """
+    _check_roots("graph_nodes", roots)
     tensors, functions, edges = [], [], []
     seen = set()
     stack = list(roots)
@@ -328,7 +384,7 @@ def computation_graph(*roots, names=None, ax=None, title=None):
     just left of its first consumer. An input used twice (``x * x``) is
     drawn as one arrow labelled ``x2``.
     """
-    names = {id(t): label for label, t in (names or {}).items()}
+    names = _check_roots("computation_graph", roots, names)    # {id(tensor): label}
     tensors, functions, edges = graph_nodes(*roots)
     column = {}
     for func in functions:
@@ -424,9 +480,11 @@ def im2col_window(x=None, kernel_size=3, stride=1, padding=1, position=(0, 0), a
     """A padded input with one kernel window, and the column of the im2col matrix it becomes.
 
     Args:
-        x: an (H, W) array (one image, one channel); default the numbers 0..15
-            as a 4x4 image, so each value can be followed.
-        kernel_size, stride, padding: of the convolution (square).
+        x: an (H, W) array or Tensor (one image, one channel); default the
+            numbers 0..15 as a 4x4 image, so each value can be followed.
+        kernel_size, stride, padding: of the convolution (square): ints,
+            ``kernel_size`` and ``stride`` >= 1, ``padding`` >= 0, the kernel
+            no larger than the padded input.
         position: output position (i, j) whose window is highlighted.
 
     Left: the input with its zero padding (hatched), the window of output
@@ -435,14 +493,28 @@ def im2col_window(x=None, kernel_size=3, stride=1, padding=1, position=(0, 0), a
     window's values are the highlighted column, read row by row. ``ax`` may be
     a pair of axes.
     """
+    if isinstance(x, Tensor):
+        x = backend.to_numpy(x.data)
     x = np.arange(16.0).reshape(4, 4) if x is None else np.asarray(x, dtype=float)
-    k = kernel_size
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"im2col_window: x must be one 2-D (H, W) image (one channel, at least one pixel), "
+                         f"got shape {x.shape}")
+    k = _count("im2col_window", "kernel_size", kernel_size, 1)
+    stride = _count("im2col_window", "stride", stride, 1)
+    padding = _count("im2col_window", "padding", padding, 0)
+    hp, wp = x.shape[0] + 2 * padding, x.shape[1] + 2 * padding
+    if k > min(hp, wp):
+        raise ValueError(f"im2col_window: kernel_size {k} is larger than the padded input: {x.shape[0]}x{x.shape[1]} "
+                         f"with padding {padding} is {hp}x{wp}")
+    if not (isinstance(position, (tuple, list)) and len(position) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in position)):
+        raise ValueError(f"im2col_window: position must be an output position (i, j) of two ints, got {position!r}")
     col = F.im2col(x[None, None], k, stride=stride, padding=padding)   # (1, k, k, 1, OH, OW)
     oh, ow = col.shape[-2:]
     matrix = col.reshape(k * k, oh * ow)
     i, j = position
     if not (0 <= i < oh and 0 <= j < ow):
-        raise ValueError(f"position {position} is outside the {oh}x{ow} output")
+        raise ValueError(f"im2col_window: position {tuple(position)} is outside the {oh}x{ow} output")
     column = i * ow + j
     if ax is None:
         fig, axes = plt.subplots(1, 2, figsize=(3 + 0.45 * oh * ow, 4.2),

@@ -24,10 +24,20 @@ images are normalised with ``mean``/``std`` when given, else with the
 network's own (``model.pretrained_info`` of a pretrained network), else with
 the mean image of the embedded CIFAR-10 training sample. Models on the GPU
 work: everything is copied to the host (``backend.to_numpy``) for plotting.
+
+The network itself takes any image size (it ends in global average pooling),
+but the default normalisations are 32x32 mean images: other sizes need their
+own ``mean``/``std`` (per channel, ``(3, 1, 1)``, fits every size).
+
+Bad arguments are refused before anything runs, with one line naming the
+function, the argument and what was expected: no image, a ``batch_size``
+below 1, a ``mean``/``std`` that does not fit the images, a ``labels`` list
+of the wrong length, an ``n``, ``module`` or ``channel`` out of range.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +74,48 @@ def _as_array(images):
     return images
 
 
+def _count(fname, name, value, low=1):
+    """``value`` as an int, refused in one line unless it is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fname}: {name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{fname}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_not_empty(fname, x, shape):
+    if x.shape[0] == 0:
+        raise ValueError(f"{fname}: images must hold at least one image, got shape {tuple(shape)}")
+
+
+def _check_normalization(fname, mean, std, image_shape, default=None):
+    """``mean``/``std`` must broadcast to one image, ``(3, H, W)``, without changing its shape,
+    be finite, and ``std`` positive. ``default`` names where a default mean/std came from
+    (``{"mean": source, "std": source}``), for the message."""
+    default = default or {}
+    for name, value in (("mean", mean), ("std", std)):
+        a = np.asarray(backend.to_numpy(value))
+        try:
+            fits = a.ndim <= len(image_shape) and np.broadcast_shapes(a.shape, image_shape) == tuple(image_shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            h, w = image_shape[1:]
+            if name in default and a.ndim == 3:
+                raise ValueError(
+                    f"{fname}: the images are {h}x{w}, but the default normalisation ({default[name]}) is "
+                    f"for {a.shape[1]}x{a.shape[2]} images ({name} shape {a.shape}, a mean image): pass mean= "
+                    f"and std= that fit {h}x{w} images (per channel: shape (3, 1, 1)), or the normalised "
+                    f"float input")
+            raise ValueError(
+                f"{fname}: {name} has shape {a.shape}, which does not fit images of shape {tuple(image_shape)}: "
+                f"expected a shape that broadcasts to it, e.g. (3, 1, 1) (per channel) or {tuple(image_shape)}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{fname}: {name} must be finite, got {'NaN' if np.isnan(a).any() else 'inf'} values")
+        if name == "std" and not (a > 0).all():
+            raise ValueError(f"{fname}: std must be positive and finite, got a minimum of {a.min():g}")
+
+
 def _is_pixels(x):
     return x.dtype == np.uint8
 
@@ -81,17 +133,32 @@ def _pixels_nchw(x):
 
 def to_input(images, model=None, mean=None, std=None):
     """The network's input: a float32 ``(N, 3, H, W)`` Tensor on the model's device."""
+    return _to_input("to_input", images, model, mean, std)
+
+
+def _to_input(fname, images, model, mean, std):
+    """:func:`to_input`, its messages naming ``fname``, the function the user called."""
     x = _as_array(images)
+    shape = x.shape
     if _is_pixels(x):
+        x = _pixels_nchw(x)
+        _check_not_empty(fname, x, shape)
+        default = {}
         if mean is None or std is None:
             d_mean, d_std = default_normalization(model)
-            mean = d_mean if mean is None else mean
-            std = d_std if std is None else std
-        x = data.normalize(np.ascontiguousarray(backend.to_numpy(_pixels_nchw(x))), backend.to_numpy(mean),
+            source = ("the pretrained network's" if getattr(model, "pretrained_info", None) is not None
+                      else "the embedded CIFAR-10 sample's")
+            if mean is None:
+                mean, default["mean"] = d_mean, source
+            if std is None:
+                std, default["std"] = d_std, source
+        _check_normalization(fname, mean, std, x.shape[1:], default)
+        x = data.normalize(np.ascontiguousarray(backend.to_numpy(x)), backend.to_numpy(mean),
                            backend.to_numpy(std))
     else:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"normalised images must be a float (N, 3, H, W) array, got shape {x.shape}")
+        _check_not_empty(fname, x, shape)
         x = backend.to_numpy(x).astype(np.float32)
     device = model.device if model is not None else "cpu"
     return Tensor(backend.to_device(x, device))
@@ -103,11 +170,21 @@ def display_images(images, mean=None, std=None):
     uint8 pixels are scaled by 1/255. A normalised tensor is un-normalised
     with ``mean``/``std`` when given, else stretched to ``[0, 1]`` image by image.
     """
+    return _display_images("display_images", images, mean, std)
+
+
+def _display_images(fname, images, mean=None, std=None):
     x = backend.to_numpy(_as_array(images))
     if _is_pixels(x):
-        return _pixels_nchw(x).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+        pixels = _pixels_nchw(x)
+        _check_not_empty(fname, pixels, x.shape)
+        return pixels.transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{fname}: normalised images must be a float (N, 3, H, W) array, got shape {x.shape}")
+    _check_not_empty(fname, x, x.shape)
     x = x.astype(np.float32)
     if mean is not None and std is not None:
+        _check_normalization(fname, mean, std, x.shape[1:])
         x = x * backend.to_numpy(std) + backend.to_numpy(mean)
     else:
         lo = x.min(axis=(1, 2, 3), keepdims=True)
@@ -184,15 +261,16 @@ def attention_maps(model, images, mean=None, std=None, batch_size=100, bn_mode="
     """
     if bn_mode not in ("eval", "batch"):
         raise ValueError(f"bn_mode must be 'eval' or 'batch', got {bn_mode!r}")
+    batch_size = _count("attention_maps", "batch_size", batch_size)
     named = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionModule)]
     if not named:
         raise ValueError(f"{type(model).__name__} has no AttentionModule: no masks to show")
     stage_of = _stages(named)
-    x_all = to_input(images, model, mean, std)
+    x_all = _to_input("attention_maps", images, model, mean, std)
     if _is_pixels(_as_array(images)):
-        display = display_images(images)
+        display = _display_images("attention_maps", images)
     else:  # a normalised tensor: undo the normalisation when it is known
-        display = display_images(x_all, mean, std)
+        display = _display_images("attention_maps", x_all, mean, std)
 
     captured, logits = _record_maps(model, named, x_all, batch_size, bn_mode)
     modules = [
@@ -264,9 +342,10 @@ def calibrate_batch_norm(model, images, mean=None, std=None, batch_size=100):
     """
     from miniran.nn import BatchNorm2d
 
+    batch_size = _count("calibrate_batch_norm", "batch_size", batch_size)
     layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
     momenta = [bn.momentum for bn in layers]
-    x_all = to_input(images, model, mean, std)
+    x_all = _to_input("calibrate_batch_norm", images, model, mean, std)
     try:
         model.train()
         with no_grad():
@@ -343,6 +422,27 @@ def _indices(n_images, n):
     return list(range(n_images if n is None else min(n, n_images)))
 
 
+def _plot_inputs(fname, images, maps, n, labels):
+    """``(modules, shown images (N, H, W, 3), rows)`` of a plot, every argument checked against the maps."""
+    modules = _modules_of(maps)
+    if n is not None:
+        _count(fname, "n", n)
+    if images is None:
+        if not isinstance(maps, AttentionMaps):
+            raise ValueError(f"{fname}: images=None uses maps.images, which only an AttentionMaps has "
+                             f"(got {type(maps).__name__}): pass the images")
+        shown = maps.images
+    else:
+        shown = _display_images(fname, images)
+    count = modules[0].mask.shape[0] if modules else shown.shape[0]
+    if shown.shape[0] != count:
+        raise ValueError(f"{fname}: images holds {shown.shape[0]} image(s), but the maps are of {count}: "
+                         "pass the images given to attention_maps, or None to use maps.images")
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"{fname}: labels must have one per image ({count} images), got {len(labels)}")
+    return modules, shown, _indices(count, n)
+
+
 def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overlay=True, title=None):
     """The channel-mean mask of every attention module over each image, colour scale fixed to [0, 1].
 
@@ -360,10 +460,8 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
         The matplotlib Figure: a row per image, the image then one panel per
         module, each with a colour bar from 0 to 1.
     """
+    modules, shown, rows = _plot_inputs("plot_masks", images, maps, n, labels)
     plt = _pyplot()
-    modules = _modules_of(maps)
-    shown = maps.images if images is None else display_images(images)
-    rows = _indices(shown.shape[0], n)
     ncols = 1 + len(modules)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(2.3 * ncols + 0.6, 2.15 * len(rows)), squeeze=False)
     height, width = shown.shape[1:3]
@@ -392,6 +490,23 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
     return fig
 
 
+def _module_with_channel(modules, module, channel):
+    """``modules[module]``, once ``module`` and ``channel`` are known to exist in it (else one line)."""
+    if isinstance(module, bool) or not isinstance(module, numbers.Integral):
+        raise TypeError(f"plot_trunk_vs_masked: module must be an int, got {module!r}")
+    if not -len(modules) <= module < len(modules):
+        raise ValueError(f"plot_trunk_vs_masked: module must be 0..{len(modules) - 1} "
+                         f"({len(modules)} attention modules), got {module}")
+    m = modules[module]
+    channels = m.mask.shape[1]
+    is_index = isinstance(channel, numbers.Integral) and not isinstance(channel, bool)
+    if not (channel is None or (isinstance(channel, str) and channel == "mean")
+            or (is_index and -channels <= channel < channels)):
+        raise ValueError(f"plot_trunk_vs_masked: channel must be 0..{channels - 1}, None or 'mean', "
+                         f"got {channel!r}")
+    return m
+
+
 def _strongest_channel(m: ModuleMaps, rows):
     """The channel whose mask varies most within the images shown."""
     return int(m.mask[rows].std(axis=(2, 3)).mean(axis=0).argmax())
@@ -413,10 +528,9 @@ def plot_trunk_vs_masked(images, maps, module=0, channel=None, n=4, labels=None,
     one colour scale, so a value means the same colour in the three panels.
     Returns the Figure.
     """
+    modules, shown, rows = _plot_inputs("plot_trunk_vs_masked", images, maps, n, labels)
+    m = _module_with_channel(modules, module, channel)
     plt = _pyplot()
-    m = _modules_of(maps)[module]
-    shown = maps.images if images is None else display_images(images)
-    rows = _indices(shown.shape[0], n)
     if channel is None:
         channel = _strongest_channel(m, rows)
 

@@ -115,3 +115,96 @@ def test_im2col_window_column_is_the_window():
     np.testing.assert_array_equal(col[:, 6], [1, 2, 3, 5, 6, 7, 9, 10, 11])
     with pytest.raises(ValueError):
         diagrams.im2col_window(position=(4, 0))
+
+
+# --------------------------------------------------------------------------- issue 17: one clear line per bad argument
+
+
+def _one_line(info, *words):
+    message = str(info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize("draw", [diagrams.computation_graph, diagrams.graph_nodes])
+def test_graph_needs_tensors(draw):
+    name = draw.__name__
+    with pytest.raises(ValueError) as info:
+        draw()
+    _one_line(info, f"{name}:", "at least one Tensor")
+    for root in (np.ones(3), 1.0, [Tensor(np.ones(2))]):
+        with pytest.raises(TypeError) as info:
+            draw(Tensor(np.ones(2)), root)
+        _one_line(info, f"{name}:", "root 1", "miniran Tensor", type(root).__name__)
+    with pytest.raises(TypeError) as info:
+        diagrams.computation_graph(Tensor(np.ones(2)), names={"x": np.ones(2)})
+    _one_line(info, "computation_graph:", "names['x']", "Tensor", "ndarray")
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        (dict(kernel_size=0), ValueError, ["kernel_size", ">= 1", "got 0"]),
+        (dict(kernel_size=-1), ValueError, ["kernel_size", ">= 1", "got -1"]),
+        (dict(kernel_size=1.5), TypeError, ["kernel_size", "int", "got 1.5"]),
+        (dict(kernel_size=(3, 3)), TypeError, ["kernel_size", "int", "got (3, 3)"]),
+        (dict(kernel_size=9), ValueError, ["kernel_size 9", "larger than the padded input", "4x4", "padding 1"]),
+        (dict(stride=0), ValueError, ["stride", ">= 1", "got 0"]),
+        (dict(padding=-1), ValueError, ["padding", ">= 0", "got -1"]),
+        (dict(x=np.zeros((1, 4, 4))), ValueError, ["x", "2-D (H, W)", "(1, 4, 4)"]),
+        (dict(x=np.zeros(4)), ValueError, ["x", "2-D (H, W)", "(4,)"]),
+        (dict(x=np.zeros((1, 1, 4, 4))), ValueError, ["x", "2-D (H, W)", "(1, 1, 4, 4)"]),
+        (dict(x=np.zeros((0, 4))), ValueError, ["x", "(0, 4)"]),
+        (dict(position=(1, 2, 3)), ValueError, ["position", "(i, j)", "(1, 2, 3)"]),
+        (dict(position=(-1, 0)), ValueError, ["position (-1, 0)", "outside the 4x4 output"]),
+    ],
+)
+def test_im2col_window_refuses_bad_arguments(kwargs, error, words):
+    """kernel_size=0 drew a figure with zero taps; a 3-D input gave an unpacking error."""
+    with pytest.raises(error) as info:
+        diagrams.im2col_window(**kwargs)
+    _one_line(info, "im2col_window:", *words)
+    assert not plt.get_fignums()  # nothing half-drawn left open
+
+
+def test_im2col_window_takes_a_tensor_image():
+    fig = diagrams.im2col_window(Tensor(np.arange(9.0).reshape(3, 3)), kernel_size=2, padding=0)
+    assert len([t for t in fig.axes[1].texts if t.get_gid() == diagrams.LABEL_GID]) == 4 * 4
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        (dict(pools=-1), ValueError, ["pools", ">= 1", "got -1"]),
+        (dict(pools=0), ValueError, ["pools", ">= 1", "got 0"]),
+        (dict(pools=1.5), TypeError, ["pools", "int", "got 1.5"]),
+        (dict(p=-1), ValueError, ["p must be", ">= 0", "got -1"]),
+        (dict(t=-2), ValueError, ["t must be", ">= 0", "got -2"]),
+        (dict(r=-1), ValueError, ["r must be", ">= 0", "got -1"]),
+        (dict(size=0), ValueError, ["size", ">= 1", "got 0"]),
+        (dict(module=3), TypeError, ["module", "AttentionModule", "int"]),
+    ],
+)
+def test_attention_module_refuses_bad_arguments(kwargs, error, words):
+    """pools=-1 gave an IndexError from the drawing code."""
+    with pytest.raises(error) as info:
+        diagrams.attention_module(**kwargs)
+    _one_line(info, "attention_module:", *words)
+    assert not plt.get_fignums()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        (dict(in_channels=0), ValueError, ["in_channels", ">= 1", "got 0"]),
+        (dict(out_channels=6), ValueError, ["out_channels", "multiple of 4", "got 6"]),
+        (dict(stride=0), ValueError, ["stride", ">= 1", "got 0"]),
+        (dict(unit=models.AttentionModule(16, pools=1)), TypeError, ["unit", "PreActBottleneck", "AttentionModule"]),
+    ],
+)
+def test_bottleneck_unit_refuses_bad_arguments(kwargs, error, words):
+    with pytest.raises(error) as info:
+        diagrams.bottleneck_unit(**kwargs)
+    _one_line(info, "bottleneck_unit:", *words)
+    assert not plt.get_fignums()

@@ -1,5 +1,7 @@
 """Modules, state dicts and files, SGD and the learning-rate schedules."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -197,6 +199,36 @@ def test_sgd_rejects_bad_arguments():
         optim.SGD(p, momentum=1.5)
     with pytest.raises(ValueError, match="params is empty"):
         optim.SGD([], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(lr=float("nan")), "lr must be a finite number, got nan"),
+        (dict(lr=float("inf")), "lr must be a finite number, got inf"),
+        (dict(lr=np.float32("nan")), "lr must be a finite number, got nan"),
+        (dict(weight_decay=float("nan")), "weight_decay must be a finite number, got nan"),
+        (dict(weight_decay=float("inf")), "weight_decay must be a finite number, got inf"),
+        (dict(momentum=float("nan")), "momentum must be a finite number, got nan"),
+        (dict(momentum=float("inf")), "momentum must be a finite number, got inf"),
+        (dict(momentum=float("-inf")), "momentum must be a finite number, got -inf"),
+    ],
+)
+def test_sgd_refuses_non_finite_settings(kwargs, words):
+    """Issue 17: nan and inf were accepted for lr and weight_decay (the command line refuses them)."""
+    p = [Parameter(np.zeros(1))]
+    with pytest.raises(ValueError) as info:
+        optim.SGD(p, **kwargs)
+    message = str(info.value)
+    assert message == "SGD: " + words and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["lr", "momentum", "weight_decay"])
+def test_sgd_refuses_settings_that_are_not_numbers(name):
+    p = [Parameter(np.zeros(1))]
+    for value in ("0.1", None, True, [0.1]):
+        with pytest.raises(TypeError, match=rf"^SGD: {name} must be a real number, got {re.escape(repr(value))}$"):
+            optim.SGD(p, **{name: value})
 
 
 def test_paper_schedule_divides_by_ten_at_64k_and_96k():

@@ -103,6 +103,72 @@ def test_ceil_mode_window_past_the_padded_edge_divides_by_clipped_size():
     np.testing.assert_allclose(y[0, 2], (4 + 9) / 2)
 
 
+def test_ceil_mode_window_may_outgrow_a_small_map():
+    """Issue 17, PyTorch's rule: in ceil mode the only condition is one output window,
+    whose start lies inside the input or its left padding; it may run past the padded edge.
+    ``max_pool2d(x, 2, 2, ceil_mode=True)`` of a 1x1 map is that pixel (it was refused)."""
+    x = np.array([[[[3.0]]]])
+    t = Tensor(x, requires_grad=True)
+    y = F.max_pool2d(t, 2, 2, ceil_mode=True)
+    assert y.shape == (1, 1, 1, 1) and y.data.item() == 3.0
+    y.backward(np.full((1, 1, 1, 1), 5.0))
+    assert t.grad.item() == 5.0
+    for cip in (True, False):  # the window clipped to the padded edge holds the one pixel: divisor 1
+        assert F.avg_pool2d(Tensor(x), 2, 2, ceil_mode=True, count_include_pad=cip).data.item() == 3.0
+    # 1x3 map, 2x2 kernel, stride 2: rows ceil((1 - 2) / 2) + 1 = 1, columns ceil((3 - 2) / 2) + 1 = 2;
+    # the windows cover columns {0, 1} and {2} (clipped), one row
+    x = np.array([[[[1.0, 5.0, 2.0]]]])
+    np.testing.assert_array_equal(F.max_pool2d(Tensor(x), 2, ceil_mode=True).data, [[[[5.0, 2.0]]]])
+    np.testing.assert_array_equal(F.avg_pool2d(Tensor(x), 2, ceil_mode=True).data, [[[[3.0, 2.0]]]])
+    # 1x1 map, 4x4 kernel, stride 3, padding 1: one window from -1 to 2, clipped to the padded
+    # edge at H + P = 2: rows -1 (padding), 0 (the pixel), 1 (padding)
+    x = np.array([[[[9.0]]]])
+    assert F.max_pool2d(Tensor(x), 4, 3, 1, ceil_mode=True).data.item() == 9.0
+    assert F.avg_pool2d(Tensor(x), 4, 3, 1, ceil_mode=True).data.item() == 1.0  # 9 / (3 * 3)
+    assert F.avg_pool2d(Tensor(x), 4, 3, 1, ceil_mode=True, count_include_pad=False).data.item() == 9.0
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        F.max_pool2d(Tensor(x), 4, 3, 1)  # without ceil mode: floor((1 + 2 - 4) / 3) + 1 = 0 windows
+
+
+SMALL_MAPS = [(1, 1), (1, 3), (2, 2), (2, 3), (3, 1), (4, 5)]
+
+
+@pytest.mark.parametrize("hw", SMALL_MAPS)
+def test_small_maps_follow_torch(hw, rng):
+    """Every kernel 1..4, stride 1..3, padding up to half the kernel, ceil mode or not, on small
+    maps: the same output (forward and backward) as PyTorch, or an error where PyTorch gives one."""
+    torch = pytest.importorskip("torch")
+    x = shuffled_linspace((2, 2) + hw, rng)
+    for k, s, p, ceil_mode in itertools.product([1, 2, 3, 4], [1, 2, 3], [0, 1, 2], [False, True]):
+        if 2 * p > k:
+            continue
+        for kind, cip in (("max", True), ("avg", True), ("avg", False)):
+            case = (hw, kind, k, s, p, ceil_mode, cip)
+            tx = torch.tensor(x, requires_grad=True)
+            try:
+                if kind == "max":
+                    ty = torch.nn.functional.max_pool2d(tx, k, s, p, ceil_mode=ceil_mode)
+                else:
+                    ty = torch.nn.functional.avg_pool2d(tx, k, s, p, ceil_mode=ceil_mode, count_include_pad=cip)
+            except RuntimeError:
+                ty = None
+            mx = Tensor(x, requires_grad=True)
+            fn = (lambda t: F.max_pool2d(t, k, s, p, ceil_mode)) if kind == "max" else (  # noqa: E731
+                lambda t: F.avg_pool2d(t, k, s, p, ceil_mode, cip))
+            if ty is None:
+                with pytest.raises(ValueError, match="larger than the padded input"):
+                    fn(mx)
+                continue
+            my = fn(mx)
+            gy = rng.standard_normal(tuple(ty.shape))
+            ty.backward(torch.tensor(gy))
+            my.backward(gy)
+            assert my.shape == tuple(ty.shape), case
+            np.testing.assert_allclose(my.data, ty.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=str(case))
+            np.testing.assert_allclose(mx.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=str(case))
+            assert F.pool_output_size(hw[0], k, s, p, ceil_mode) == ty.shape[2], case
+
+
 def test_rectangular_kernel_stride_and_padding(rng):
     x = shuffled_linspace((2, 2, 7, 6), rng)
     y = F.max_pool2d(Tensor(x), (3, 2), stride=(2, 1), padding=(1, 0))
@@ -189,6 +255,12 @@ def test_validation(fn):
         fn(Tensor(np.zeros((2, 4, 5))), 2)
     with pytest.raises(ValueError, match=r"kernel_size \(7, 7\) is larger than the padded input \(6, 7\)"):
         fn(x, 7, padding=1)
+    # ceil mode: the kernel may run past the padded input by stride - 1 at most (issue 17)
+    with pytest.raises(ValueError, match=r"kernel_size \(8, 8\) is larger than the padded input \(6, 7\) "
+                                         r"by more than stride - 1 = 1 \(ceil_mode=True"):
+        fn(x, 8, stride=2, padding=1, ceil_mode=True)
+    with pytest.raises(ValueError, match=rf"{name}: x has no pixels: shape \(1, 2, 0, 5\)"):
+        fn(Tensor(np.zeros((1, 2, 0, 5))), 2, padding=1)  # every window would be padding only
     with pytest.raises(ValueError, match=r"padding must be non-negative, got \(-1, -1\)"):
         fn(x, 3, padding=-1)
     with pytest.raises(ValueError, match=r"padding \(2, 2\) must be at most half of kernel_size \(3, 3\)"):
@@ -356,6 +428,10 @@ POOL_TWIN_CASES = {
     "avg-2x2-ceil-nopad": (lambda t: F.avg_pool2d(t, 2, ceil_mode=True, count_include_pad=False),
                            "AvgPool2d", (3, 2, 5, 7)),
     "avg-(2,3)-s1-p1": (lambda t: F.avg_pool2d(t, (2, 3), 1, 1), "AvgPool2d", (2, 3, 5, 6)),
+    "max-2x2-ceil-1x1": (lambda t: F.max_pool2d(t, 2, 2, 0, True), "MaxPool2d", (3, 2, 1, 1)),
+    "max-4x4-s3-p1-ceil-1x3": (lambda t: F.max_pool2d(t, 4, 3, 1, True), "MaxPool2d", (3, 2, 1, 3)),
+    "avg-2x2-ceil-1x3": (lambda t: F.avg_pool2d(t, 2, 2, 0, True), "AvgPool2d", (3, 2, 1, 3)),
+    "avg-4x4-s3-p1-ceil-2x1": (lambda t: F.avg_pool2d(t, 4, 3, 1, True), "AvgPool2d", (3, 2, 2, 1)),
     "global": (F.global_avg_pool2d, "GlobalAvgPool2d", (5, 3, 7, 6)),
     "global-1x1": (F.global_avg_pool2d, "GlobalAvgPool2d", (3, 4, 1, 1)),
 }
@@ -437,6 +513,28 @@ def test_max_pool_gpu_twin_matches_the_reference_on_the_device(cp, k, s, p, ceil
         np.testing.assert_array_equal(to_numpy(y_gpu.data), to_numpy(y_ref.data), err_msg=name)
         rtol = 1e-6 if dtype == np.float32 else 1e-13
         np.testing.assert_allclose(to_numpy(ts[1].grad), to_numpy(ts[0].grad), rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hw", [(1, 1), (1, 3), (2, 2)])
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (4, 3, 1), (3, 2, 1)])
+def test_ceil_mode_on_small_maps_on_the_device(cp, hw, k, s, p, rng):
+    """Issue 17: windows that outgrow a small map (ceil mode): the GPU twin and the reference on
+    the device give the CPU's numbers."""
+    x = shuffled_linspace((2, 3) + hw, rng).astype(np.float32)
+    fns = {"max": lambda t: F.max_pool2d(t, k, s, p, True),
+           "avg": lambda t: F.avg_pool2d(t, k, s, p, True),
+           "avg-nopad": lambda t: F.avg_pool2d(t, k, s, p, True, False)}
+    for kind, fn in fns.items():
+        gy = rng.standard_normal(fn(Tensor(x)).shape).astype(np.float32)
+        y_cpu, g_cpu, _ = _forward_backward(fn, x, gy, reference=False)
+        t = Tensor(cp.asarray(x), requires_grad=True)
+        y = fn(t)
+        y.backward(cp.asarray(gy))
+        if kind == "max":
+            assert type(y.creator).__name__ == "MaxPool2dGPU"
+        np.testing.assert_allclose(to_numpy(y.data), y_cpu, rtol=1e-6, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(to_numpy(t.grad), g_cpu, rtol=1e-6, atol=1e-6, err_msg=kind)
 
 
 @pytest.mark.gpu

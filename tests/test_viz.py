@@ -192,3 +192,103 @@ def test_cupy_model_gives_the_same_maps(cp, images, maps):
         np.testing.assert_allclose(a.mask, b.mask, atol=1e-4)
     fig = viz.plot_masks(None, gpu_maps, n=1)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- issue 17: one clear line per bad argument
+
+
+def _one_line(info, *words):
+    message = str(info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize("form", ["nhwc", "nchw", "float"])
+def test_zero_images_are_refused(net, images, form):
+    x = {"nhwc": images[0][:0].transpose(0, 2, 3, 1), "nchw": images[0][:0],
+         "float": np.zeros((0, 3, 32, 32), np.float32)}[form]
+    for call, name in ((lambda: viz.attention_maps(net, x), "attention_maps"),
+                       (lambda: viz.calibrate_batch_norm(models.attention56(seed=0), x), "calibrate_batch_norm"),
+                       (lambda: viz.to_input(x), "to_input"),
+                       (lambda: viz.display_images(x), "display_images")):
+        with pytest.raises(ValueError) as info:
+            call()
+        _one_line(info, f"{name}:", "images", "at least one image", str(x.shape))
+    assert _hook_count(net) == 0
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
+def test_batch_size_must_be_a_positive_int(net, images, batch_size):
+    error = ValueError if isinstance(batch_size, int) and not isinstance(batch_size, bool) else TypeError
+    for fn in (viz.attention_maps, viz.calibrate_batch_norm):
+        model = net if fn is viz.attention_maps else models.attention56(seed=0)
+        with pytest.raises(error) as info:
+            fn(model, images[0], batch_size=batch_size)
+        _one_line(info, f"{fn.__name__}:", "batch_size must be an int >= 1", f"got {batch_size!r}")
+    assert _hook_count(net) == 0 and not net.training
+
+
+@pytest.mark.parametrize(
+    "mean,std,words",
+    [
+        (np.zeros(5, np.float32), None, ["mean has shape (5,)", "(3, 32, 32)", "(3, 1, 1)"]),
+        (np.zeros(3, np.float32), None, ["mean has shape (3,)", "(3, 32, 32)", "(3, 1, 1)"]),
+        (np.zeros((3, 16, 16), np.float32), None, ["mean has shape (3, 16, 16)", "(3, 32, 32)"]),
+        (None, np.ones((2, 1, 1), np.float32), ["std has shape (2, 1, 1)", "(3, 32, 32)"]),
+        (None, np.zeros((3, 1, 1), np.float32), ["std must be positive and finite"]),
+        (np.full((3, 1, 1), np.nan, np.float32), None, ["mean must be finite"]),
+    ],
+)
+def test_normalization_of_the_wrong_shape_is_refused(net, images, mean, std, words):
+    d_mean, d_std = viz.default_normalization()
+    mean = d_mean if mean is None else mean
+    std = d_std if std is None else std
+    with pytest.raises(ValueError) as info:
+        viz.attention_maps(net, images[0], mean=mean, std=std)
+    _one_line(info, "attention_maps:", *words)
+    with pytest.raises(ValueError) as info:
+        viz.to_input(images[0], mean=mean, std=std)
+    _one_line(info, "to_input:", *words)
+    if "has shape" in words[0]:  # un-normalising a float input for display: the same rule
+        x = viz.to_input(images[0]).data
+        with pytest.raises(ValueError) as info:
+            viz.display_images(x, mean, std)
+        _one_line(info, "display_images:", *words)
+    assert _hook_count(net) == 0
+
+
+def test_48x48_pixels_need_their_own_normalization(net):
+    """The default mean image is 32x32: uint8 48x48 images gave a broadcasting error."""
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    with pytest.raises(ValueError) as info:
+        viz.attention_maps(net, pixels)
+    _one_line(info, "attention_maps:", "48x48", "mean image", "32x32", "mean=", "(3, 1, 1)")
+    # what the message suggests works: a per-channel normalisation, or the normalised float input
+    mean, std = np.full((3, 1, 1), 0.5, np.float32), np.full((3, 1, 1), 0.25, np.float32)
+    maps = viz.attention_maps(net, pixels, mean=mean, std=std)
+    assert maps[0].mask.shape == (2, 64, 48, 48) and maps.images.shape == (2, 48, 48, 3)
+    floats = viz.attention_maps(net, viz.to_input(pixels, mean=mean, std=std))
+    np.testing.assert_array_equal(floats[0].mask, maps[0].mask)
+
+
+def test_plots_refuse_labels_and_counts_that_do_not_fit(images, maps):
+    for plot in (viz.plot_masks, viz.plot_trunk_vs_masked):
+        name = plot.__name__
+        with pytest.raises(ValueError) as info:
+            plot(None, maps, labels=["cat"])
+        _one_line(info, f"{name}:", "labels", "one per image", "3 images", "got 1")
+        with pytest.raises(ValueError) as info:
+            plot(images[0][:1], maps)
+        _one_line(info, f"{name}:", "images", "1 image", "maps", "3")
+        for n, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError)):
+            with pytest.raises(error) as info:
+                plot(None, maps, n=n)
+            _one_line(info, f"{name}:", "n must be an int >= 1", f"got {n!r}")
+    with pytest.raises(ValueError) as info:
+        viz.plot_trunk_vs_masked(None, maps, module=3)
+    _one_line(info, "plot_trunk_vs_masked:", "module", "0..2", "3 attention modules", "got 3")
+    with pytest.raises(ValueError) as info:
+        viz.plot_trunk_vs_masked(None, maps, channel=64)
+    _one_line(info, "plot_trunk_vs_masked:", "channel", "0..63", "'mean'", "got 64")
+    assert not plt.get_fignums()  # nothing half-drawn left open

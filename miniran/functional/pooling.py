@@ -12,6 +12,14 @@ Output size, per spatial dimension (shown for H)::
     if (OH - 1) * SH >= H + PH: OH -= 1                    # the last window must start
                                                            # inside the input or left padding
 
+The arguments are valid when OH >= 1 (PyTorch's check). Without ceil_mode
+that means the kernel fits in the padded input (KH <= H + 2*PH); with
+ceil_mode a window may run past the padded edge, by up to SH - 1 rows
+(``max_pool2d`` of a 1x1 map with a 2x2 kernel and stride 2 is that pixel).
+Such a window is clipped to the padded edge: it always holds a real pixel
+(it starts inside the input or its left padding, and PH <= KH / 2), and
+average pooling divides by its clipped size.
+
 How it is computed: we never loop over the batch or over pixels. Output
 pixel (oh, ow) reads the padded input at rows ``oh*SH + i`` and columns
 ``ow*SW + j`` for kernel offsets ``0 <= i < KH``, ``0 <= j < KW``. For one
@@ -44,7 +52,10 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode=False):
 
     ``floor`` (or ``ceil``) of ``(size + 2*padding - kernel) / stride``, plus 1;
     with ``ceil_mode`` a last window that would start in the right padding
-    (at or after ``size + padding``) is dropped.
+    (at or after ``size + padding``) is dropped. The division rounds towards
+    minus infinity, so a kernel larger than the padded input gives 0 or less
+    (no window), except in ceil mode when it is larger by at most
+    ``stride - 1``: then 1.
     """
     span = size + 2 * padding - kernel
     out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
@@ -53,8 +64,12 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode=False):
     return out
 
 
-def _check_pool_args(fname, x, kernel_size, stride, padding):
-    """Validate the arguments; return them as pairs: (KH, KW), (SH, SW), (PH, PW)."""
+def _check_pool_args(fname, x, kernel_size, stride, padding, ceil_mode=False):
+    """Validate the arguments; return them as pairs: (KH, KW), (SH, SW), (PH, PW).
+
+    As PyTorch: the padding is at most half the kernel, and the output has
+    at least one window along each dimension (:func:`pool_output_size`).
+    """
     if x.ndim != 4:
         raise ValueError(f"{fname}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     k = _pair(kernel_size, "kernel_size")
@@ -69,10 +84,19 @@ def _check_pool_args(fname, x, kernel_size, stride, padding):
     if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
         raise ValueError(f"{fname}: padding {p} must be at most half of kernel_size {k}")
     h, w = x.shape[2], x.shape[3]
-    if k[0] > h + 2 * p[0] or k[1] > w + 2 * p[1]:
+    if h == 0 or w == 0:
+        raise ValueError(f"{fname}: x has no pixels: shape {tuple(x.shape)}")
+    if min(pool_output_size(size, k[d], s[d], p[d], ceil_mode) for d, size in enumerate((h, w))) < 1:
+        padded = (h + 2 * p[0], w + 2 * p[1])
+        if not ceil_mode:
+            raise ValueError(
+                f"{fname}: kernel_size {k} is larger than the padded input "
+                f"{padded} (x of shape {tuple(x.shape)}, padding {p})"
+            )
+        d = 0 if k[0] > padded[0] + s[0] - 1 else 1
         raise ValueError(
-            f"{fname}: kernel_size {k} is larger than the padded input "
-            f"({h + 2 * p[0]}, {w + 2 * p[1]}) (x of shape {tuple(x.shape)}, padding {p})"
+            f"{fname}: kernel_size {k} is larger than the padded input {padded} by more than "
+            f"stride - 1 = {s[d] - 1} (ceil_mode=True; x of shape {tuple(x.shape)}, padding {p}, stride {s})"
         )
     return k, s, p
 
@@ -278,7 +302,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False) -> Tenso
         padding: int or (PH, PW), added on both sides as minus infinity; at
             most half the kernel size.
         ceil_mode: round the output size up instead of down (see the module
-            docstring for the exact rule).
+            docstring for the exact rule); a window may then run past the
+            padded edge (a 2x2 window, stride 2, on a 1x1 map gives 1x1).
 
     Returns:
         Tensor (N, C, OH, OW), ``OH = floor((H + 2*PH - KH) / SH) + 1``
@@ -286,7 +311,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False) -> Tenso
         the input pixel that was its window's maximum (the first one on ties).
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
-    k, s, p = _check_pool_args("max_pool2d", x, kernel_size, stride, padding)
+    k, s, p = _check_pool_args("max_pool2d", x, kernel_size, stride, padding, ceil_mode)
     return _dispatch.apply(MaxPool2dFunction, x, kernel=k, stride=s, padding=p, ceil_mode=bool(ceil_mode))
 
 
@@ -308,7 +333,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         Tensor (N, C, OH, OW), same output size as :func:`max_pool2d`.
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
-    k, s, p = _check_pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    k, s, p = _check_pool_args("avg_pool2d", x, kernel_size, stride, padding, ceil_mode)
     return _dispatch.apply(AvgPool2dFunction, x, kernel=k, stride=s, padding=p, ceil_mode=bool(ceil_mode),
                            count_include_pad=bool(count_include_pad))
 

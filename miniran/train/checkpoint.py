@@ -13,12 +13,16 @@ Layout of the arrays in the file:
 :func:`miniran.nn.save_arrays` writes to a temporary file, fsyncs it and renames
 it over the old checkpoint (:func:`miniran._io.atomic_write`), so an
 interrupted write never leaves a broken file. A damaged or foreign file given
-to :class:`Checkpoint` raises a ValueError that names it.
+to :class:`Checkpoint` raises a ValueError that names it, and so does one that
+contradicts itself (a negative step, a missing optimiser entry, a loader
+position outside its epoch, a step the loader disagrees with, NaN or infinite
+weights): the message names the file and the entry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -55,8 +59,64 @@ def save_checkpoint(path, *, model, optimizer, schedule, loader, step, epoch, co
     save_arrays(path, arrays)
 
 
-#: entries every checkpoint must have (the state sections may be empty)
+#: entries every checkpoint must have
 REQUIRED = ("meta/config", "meta/step", "meta/epoch", "data/mean", "data/std")
+
+#: the single values of a checkpoint, and what each must be
+SCALARS = {
+    "meta/step": "count", "meta/epoch": "count",
+    "optim/lr": "number", "optim/momentum": "number", "optim/nesterov": "bool",
+    "optim/weight_decay": "number", "optim/steps": "count",
+    "schedule/last_step": "count", "schedule/base_lr": "number",
+    "loader/epoch": "count", "loader/position": "count", "loader/rng_state": "text",
+    "loader/num_samples": "size", "loader/batch_size": "size",
+}
+_KINDS = {"count": ("iu", "a whole number"), "size": ("iu", "a whole number"), "number": ("iuf", "a number"),
+          "bool": ("biu", "true or false"), "text": ("U", "a text")}
+
+
+def _check_scalars(path, arrays):
+    """Every single value present, of its kind, and in its range (ValueError naming the entry)."""
+    missing = [k for k in dict.fromkeys(REQUIRED + tuple(SCALARS)) if k not in arrays]
+    if "meta/config" in missing:
+        raise ValueError(f"{path} has no 'meta/config' entry: not a miniran training checkpoint")
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: damaged, or not written by miniran train")
+    for key, what in SCALARS.items():
+        value = arrays[key]
+        kinds, expected = _KINDS[what]
+        if value.shape != () or value.dtype.kind not in kinds:
+            raise ValueError(f"checkpoint {path}: entry '{key}' should be {expected}, got an array of shape "
+                             f"{value.shape} ({value.dtype}): damaged, or not written by miniran train")
+        if what == "number" and not math.isfinite(float(value)):
+            raise ValueError(f"checkpoint {path}: entry '{key}' is {float(value)}, expected a finite number")
+        if what in ("count", "size") and int(value) < (1 if what == "size" else 0):
+            raise ValueError(f"checkpoint {path}: entry '{key}' is {int(value)}, expected a whole number "
+                             f">= {1 if what == 'size' else 0}: the checkpoint contradicts itself")
+
+
+def _check_progress(path, arrays):
+    """The step, the loader's epoch and position, and the epoch length must tell the same story."""
+    per_epoch = -(-int(arrays["loader/num_samples"]) // int(arrays["loader/batch_size"]))
+    epoch, position, step = (int(arrays[k]) for k in ("loader/epoch", "loader/position", "meta/step"))
+    if position > per_epoch:
+        raise ValueError(f"checkpoint {path}: entry 'loader/position' is {position}, outside its epoch of "
+                         f"{per_epoch} batches (0..{per_epoch}): the checkpoint contradicts itself")
+    if step != epoch * per_epoch + position:
+        raise ValueError(f"checkpoint {path}: entry 'meta/step' is {step}, but its loader entries say "
+                         f"{epoch * per_epoch + position} steps were taken (loader/epoch {epoch}, loader/position "
+                         f"{position}, {per_epoch} batches per epoch): the checkpoint contradicts itself")
+
+
+def _check_values(path, arrays):
+    """No NaN or infinity in the weights, the optimiser state or the statistics; a positive std."""
+    for key, value in arrays.items():
+        if key.split("/")[0] in ("model", "optim", "data") and value.dtype.kind in "fc" \
+                and not np.isfinite(value).all():
+            raise ValueError(f"checkpoint {path}: entry '{key}' holds NaN or infinite values: the run had "
+                             f"diverged or the file is damaged, so it is not resumed or evaluated")
+    if arrays["data/std"].dtype.kind in "iuf" and (arrays["data/std"] <= 0).any():
+        raise ValueError(f"checkpoint {path}: entry 'data/std' has values <= 0: images cannot be divided by it")
 
 
 class Checkpoint:
@@ -72,11 +132,9 @@ class Checkpoint:
             raise ValueError(f"checkpoint {exc}") from exc
         except OSError as exc:
             raise ValueError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from exc
-        missing = [k for k in REQUIRED if k not in arrays]
-        if "meta/config" in missing:
-            raise ValueError(f"{path} has no 'meta/config' entry: not a miniran training checkpoint")
-        if missing:
-            raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: damaged, or not written by miniran train")
+        _check_scalars(path, arrays)
+        _check_progress(path, arrays)
+        _check_values(path, arrays)
         self.path = path
         try:
             self.config = json.loads(str(arrays["meta/config"]))

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from miniran.train.trainer import TrainConfig, TrainingDiverged
 
@@ -48,6 +51,8 @@ def _add_train_options(p):
 
 
 def _config_from_args(args) -> TrainConfig:
+    if args.seed < 0:  # NumPy's own message ("expected non-negative integer") does not name the option
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     fields = TrainConfig.__dataclass_fields__
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
@@ -57,14 +62,41 @@ def _log(message):
     print(message, file=sys.stderr if message.startswith("warning:") else sys.stdout)
 
 
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (``timeout``, a scheduler) and SIGHUP (a closed terminal) stop training the way Ctrl-C does.
+
+    The KeyboardInterrupt they raise goes through the same clean-up: the
+    temporary file of a write in progress is removed, the checkpoint on disk is
+    kept, and the command ends with status 130 and its hint. A signal the
+    caller ignores (``nohup``) stays ignored.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            number = getattr(signal, name, None)
+            if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+                previous[number] = signal.signal(number, _stop_like_ctrl_c)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
 def _run_training(args) -> int:
     from miniran.train.plot import plot_curves
     from miniran.train.trainer import train
 
     config = _config_from_args(args)
     try:
-        train(config, resume=args.resume, progress=args.progress, force=getattr(args, "force", False),
-              log=_log)
+        with _sigterm_as_ctrl_c():
+            train(config, resume=args.resume, progress=args.progress, force=getattr(args, "force", False),
+                  log=_log)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -156,6 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_dataset_line(exc):
+    """One line for a dataset that is neither on disk nor downloadable, else None.
+
+    The loader's message lists every folder searched and the steps to get the
+    data, over several lines: the command line says what failed and what to
+    do, and leaves the rest to docs/data.md.
+    """
+    from miniran import data
+    from miniran.data.cifar import SPECS
+    from miniran.data.download import default_data_dir
+
+    if not isinstance(exc, data.DatasetNotFoundError):
+        return None
+    for key, spec in SPECS.items():
+        if str(exc).startswith(spec.name + " "):
+            break
+    else:
+        return None
+    cause = exc.__cause__
+    why = "" if cause is None else f", and downloading it failed ({getattr(cause, 'reason', None) or cause})"
+    return (f"--dataset {key}: {spec.name} was not found{why}: put {spec.archive} ({spec.url}), or its "
+            f"unpacked files, in the folder given by --data-dir, else $MINIRAN_DATA, else {default_data_dir()} "
+            "(details: docs/data.md)")
+
+
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -164,5 +221,6 @@ def main(argv) -> int:
         # bad options, missing data or checkpoints, files that cannot be written:
         # one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        message = _missing_dataset_line(exc) or message
         print(f"miniran {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2

@@ -10,11 +10,18 @@ After every epoch the run evaluates on the test set, appends one JSON line to
 continues from that checkpoint with the same model, optimiser, schedule and
 loader state, so an interrupted run ends with the same weights as an
 uninterrupted one.
+
+A run holds an exclusive lock on its folder (``OUT/.lock``) from before its
+checks until it ends, so a second run (or resume) of the same folder is refused
+while the first one works; the holder then removes the temporary files that an
+earlier, killed run left there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -24,6 +31,7 @@ import numpy as np
 
 import miniran.functional as F
 from miniran import backend, data, models, optim
+from miniran._io import lock_folder, lock_holder, remove_stale_temporaries
 from miniran.autograd import Tensor, no_grad
 from miniran.train.checkpoint import Checkpoint, save_checkpoint
 from miniran.train.metrics import append_metrics, read_metrics, write_metrics
@@ -170,6 +178,8 @@ class OutputError(OSError):
 #: options that may change on ``--resume``; every other one comes from the checkpoint
 RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps")
 RUN_FILES = ("metrics.jsonl", "checkpoint.npz")
+#: files the run writes through a temporary file: the temporaries a killed run left are removed
+WRITTEN_FILES = RUN_FILES + ("curves.png",)
 
 
 def _flag(name):
@@ -194,11 +204,8 @@ def _resume_config(config: TrainConfig, ckpt: Checkpoint, log) -> TrainConfig:
     return dataclasses.replace(saved, **changes)
 
 
-def _check_out_folder(out: str, resume: bool, force: bool) -> list:
-    """Refuse an --out that cannot hold the run, or that holds one and would be overwritten.
-
-    Returns the files of an earlier run that ``force`` allows to replace.
-    """
+def _check_out_folder(out: str) -> None:
+    """Refuse an --out that cannot hold the run (a file, under a file, not writable)."""
     existing = out
     while not os.path.exists(existing) and os.path.dirname(os.path.abspath(existing)) != os.path.abspath(existing):
         existing = os.path.dirname(os.path.abspath(existing))
@@ -207,8 +214,60 @@ def _check_out_folder(out: str, resume: bool, force: bool) -> list:
         raise ValueError(f"--out {out} {where}, not a folder: choose a folder for the run's files")
     if not os.access(existing, os.W_OK):
         raise ValueError(f"--out {out}: the folder {existing} is not writable; nothing was written")
-    if resume:
-        return []
+
+
+def _make_out_folder(out: str) -> list:
+    """Create --out (and the folders above it that are missing); returns the new folders, deepest first."""
+    new, path = [], os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        new.append(path)
+        path = os.path.dirname(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot prepare --out {out}: {exc.strerror or exc}") from exc
+    return new
+
+
+def _remove_new_folders(new: list) -> None:
+    """Undo :func:`_make_out_folder` for a run refused during its set-up (only empty folders go)."""
+    for path in new:
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
+
+
+def _lock_out_folder(out: str):
+    """The folder's lock, or a ValueError naming --out while another run holds it."""
+    try:
+        lock = lock_folder(out)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ValueError(f"--out {out}: the folder {out} is not writable; nothing was written") from exc
+        raise OutputError(f"cannot lock --out {out}: {exc.strerror or exc}") from exc
+    if lock is None:
+        pid = lock_holder(out)
+        raise ValueError(f"--out {out} is in use by another training run{f' (process {pid})' if pid else ''}, "
+                         f"left unchanged: wait for it to end, or choose another --out folder")
+    return lock
+
+
+def _remove_stale_temporaries(out: str, log) -> None:
+    """Temporary files of this folder's run files are left-overs of a killed run: the lock holder removes them."""
+    try:
+        removed = remove_stale_temporaries(out, WRITTEN_FILES)
+    except OSError as exc:
+        raise OutputError(f"cannot list --out {out}: {exc.strerror or exc}") from exc
+    for path in removed:
+        log(f"removed {path}: a temporary file left by a write that was stopped part way (a killed run)")
+
+
+def _check_no_run(out: str, force: bool) -> list:
+    """Refuse an --out that holds a run and would be overwritten.
+
+    Returns the files of an earlier run that ``force`` allows to replace.
+    """
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
     if found and not force:
         raise ValueError(
@@ -237,6 +296,7 @@ class _Run:
     step: int = 0
     history: list = dataclasses.field(default_factory=list)
     saved_step: int | None = None  # step of the checkpoint on disk (None: none from this run)
+    lock: object = None  # the folder's lock (miniran._io.FolderLock), held until the run ends
 
     @property
     def steps_per_epoch(self):
@@ -248,18 +308,43 @@ class _Run:
 
 
 def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
-    """Step 1: the configuration, the output folder, the data, the model, the optimiser, the schedule."""
+    """Step 1: lock the output folder, check it and the configuration, then build the run.
+
+    The lock is taken before the folder is looked at ("already holds a run",
+    the checkpoint of --resume), so two runs started together cannot both pass
+    the checks. A run refused here gives the lock back and removes the folders
+    it created.
+    """
     if resume and force:
         raise ValueError("--resume continues the run in --out and --force starts it over: give only one of them")
+    out, lock, new_folders, ckpt = config.out, None, [], None
+    try:
+        if resume:
+            lock = _lock_out_folder(out) if os.path.isdir(out) else None  # none: "checkpoint not found" below
+            ckpt = Checkpoint(os.path.join(out, "checkpoint.npz"))
+            config = _resume_config(config, ckpt, log)
+        config.validate()
+        _check_out_folder(out)
+        if lock is None:
+            new_folders = _make_out_folder(out)
+            lock = _lock_out_folder(out)
+        replaced = [] if resume else _check_no_run(out, force)
+        _remove_stale_temporaries(out, log)
+        run = _build_run(config, ckpt, replaced, log)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        _remove_new_folders(new_folders)
+        raise
+    run.lock = lock
+    return run
+
+
+def _build_run(config: TrainConfig, ckpt, replaced: list, log) -> _Run:
+    """Step 1a: the data, the model, the optimiser and the schedule (restored from ``ckpt`` when given)."""
     out = config.out
     ckpt_path = os.path.join(out, "checkpoint.npz")
     metrics_path = os.path.join(out, "metrics.jsonl")
-    ckpt = None
-    if resume:
-        ckpt = Checkpoint(ckpt_path)
-        config = _resume_config(config, ckpt, log)
-    config.validate()
-    replaced = _check_out_folder(out, resume, force)
     device = backend.normalize_device(config.device)
     if device == "gpu":
         backend.check_cuda_available()
@@ -281,8 +366,9 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
     model = build_model(config, k)
     if device == "gpu":
         model.to("gpu")
+    # on the GPU: one flat parameter and gradient buffer, so a step's update is one kernel
     opt = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                    weight_decay=config.weight_decay)
+                    weight_decay=config.weight_decay, flat=device == "gpu")
     if config.schedule == "paper":
         schedule = optim.paper_schedule(opt, total_steps)
     else:
@@ -294,7 +380,6 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
         _restore(run, ckpt, log)
     else:
         try:
-            os.makedirs(out, exist_ok=True)
             for path in replaced:  # --force, and every check above passed: only now is the old run removed
                 os.unlink(path)
                 log(f"--force: removed {path} of the earlier run")
@@ -317,9 +402,13 @@ def _restore(run: _Run, ckpt: Checkpoint, log) -> None:
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{run.ckpt_path}: the weights do not fit its {run.config.model} configuration "
                          f"({exc.args[0]})") from exc
-    run.optimizer.load_state_dict(ckpt.optim)
-    run.schedule.load_state_dict(ckpt.schedule)
-    run.loader.load_state_dict(ckpt.loader)
+    for section, target, state in (("optim", run.optimizer, ckpt.optim), ("schedule", run.schedule, ckpt.schedule),
+                                   ("loader", run.loader, ckpt.loader)):
+        try:
+            target.load_state_dict(state)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"checkpoint {run.ckpt_path}: its '{section}/' entries do not fit this run "
+                             f"({' '.join(str(exc).split())})") from exc
     run.step = run.saved_step = ckpt.step
     # keep the lines of finished epochs only (a crash may have left one more, or half of one)
     run.history = [r for r in read_metrics(run.metrics_path, warn=log) if r["step"] <= ckpt.step]
@@ -406,23 +495,40 @@ def _write_or_explain(run: _Run, write, path, *args):
     try:
         write(path, *args)
     except OSError as exc:
+        if run.saved_step is None:  # _save_epoch takes back what this run wrote: nothing is left to resume
+            raise OutputError(f"could not write {path}: {exc.strerror or exc}. No checkpoint was saved yet, so "
+                              f"nothing of this run was kept; any earlier files are unchanged. Free some space "
+                              f"(or fix the folder) and run the same command again") from exc
         raise OutputError(f"could not write {path}: {exc.strerror or exc}. Earlier data is safe: "
                           f"{_kept(run)} Free some space (or fix the folder) and continue with --resume") from exc
 
 
 def _save_epoch(run: _Run, row: dict) -> None:
-    """Step 4: the metrics line first, then the checkpoint (atomic), so a crash between them redoes the epoch."""
-    if run.history and run.history[-1]["epoch"] == row["epoch"]:
-        # the end of an epoch stopped half way by --max-steps: its row is replaced, not repeated
-        run.history[-1] = row
-        _write_or_explain(run, write_metrics, run.metrics_path, run.history)
-    else:
-        run.history.append(row)
-        _write_or_explain(run, append_metrics, run.metrics_path, row)
-    _write_or_explain(run, lambda path: save_checkpoint(
-        path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader, step=run.step,
-        epoch=row["epoch"], config=dataclasses.asdict(run.config), mean=run.loader.mean, std=run.loader.std),
-        run.ckpt_path)
+    """Step 4: the metrics line first, then the checkpoint (atomic), so a crash between them redoes the epoch.
+
+    Before the first checkpoint there is nothing to resume from: if the
+    checkpoint cannot be written (a full disk, Ctrl-C, SIGTERM), the new
+    ``metrics.jsonl`` is removed again, so the same command can start over.
+    """
+    take_back = run.saved_step is None and not os.path.exists(run.metrics_path)
+    try:
+        if run.history and run.history[-1]["epoch"] == row["epoch"]:
+            # the end of an epoch stopped half way by --max-steps: its row is replaced, not repeated
+            run.history[-1] = row
+            _write_or_explain(run, write_metrics, run.metrics_path, run.history)
+        else:
+            run.history.append(row)
+            _write_or_explain(run, append_metrics, run.metrics_path, row)
+        _write_or_explain(run, lambda path: save_checkpoint(
+            path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
+            step=run.step, epoch=row["epoch"], config=dataclasses.asdict(run.config), mean=run.loader.mean,
+            std=run.loader.std), run.ckpt_path)
+    except BaseException:
+        if take_back:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(run.metrics_path)
+            run.history = []
+        raise
     run.saved_step = run.step
 
 
@@ -450,11 +556,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
     """
     run = _set_up(config, resume, force, log)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True)
     try:
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True)
         while run.step < run.total_steps:
             # the loader counts finished epochs; a run stopped right at an epoch's
             # end (by --max-steps) has a loader still positioned after its last batch
@@ -473,4 +579,5 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
     finally:
         if bar is not None:
             bar.close()
+        run.lock.release()
     return run.history
