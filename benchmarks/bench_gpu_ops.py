@@ -48,7 +48,7 @@ def count_training_step(model_name="attention56", batch=8, seed=0):
     assert cupy_standin.is_standin(cupy), "the CuPy stand-in must be imported, not a real CuPy"
     rng = np.random.default_rng(seed)
     net = models.get_model(model_name, num_classes=10, seed=seed).to("gpu")
-    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, flat=True)
     schedule = optim.CosineLR(opt, 100)
     x = cupy.asarray(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
     y = cupy.asarray(rng.integers(0, 10, batch))

@@ -166,6 +166,17 @@ def to_device(array, device):
     return array if is_cupy_array(array) else cp.asarray(array)
 
 
+def data_pointer(array) -> int:
+    """The address of an array's first element (device memory for CuPy, host memory for NumPy)."""
+    return int(array.data.ptr) if is_cupy_array(array) else int(array.__array_interface__["data"][0])
+
+
+def same_memory(a, b) -> bool:
+    """Whether two arrays are the same elements: same start, shape, strides and dtype (views included)."""
+    return (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
+            and is_cupy_array(a) == is_cupy_array(b) and data_pointer(a) == data_pointer(b))
+
+
 def to_numpy(array) -> np.ndarray:
     """Host copy of any array (NumPy arrays are returned as they are)."""
     return to_device(array, "cpu")

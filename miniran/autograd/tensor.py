@@ -246,12 +246,32 @@ class Tensor:
 
         graph.backward([self], [grad], retain_graph=retain_graph)
 
+    #: this tensor's view of a flat gradient buffer (``miniran.nn.flat``), or None
+    grad_slot = None
+
     def _accumulate(self, g, owned=False):
         """Add ``g`` to ``.grad``. ``owned``: ``g`` is a fresh array that nothing
         else holds, so the first gradient can keep it instead of a copy (one
-        device operation less per parameter and step on the GPU)."""
+        device operation less per parameter and step on the GPU).
+
+        A tensor with a ``grad_slot`` (its view of a flat gradient buffer,
+        ``miniran.nn.flat``) keeps its gradient there: the first one is copied
+        in (nothing to copy when the Function wrote it there itself), later
+        ones are added in place.
+        """
         if g.dtype != self.dtype:
             g, owned = g.astype(self.dtype), True
+        slot = self.grad_slot
+        if slot is not None and backend.is_cupy_array(slot) != backend.is_cupy_array(g):
+            slot = self.grad_slot = None  # moved to another device: the optimiser's next sync makes a new slot
+        if slot is not None:
+            if self.grad is None:
+                if not backend.same_memory(g, slot):
+                    slot[...] = g
+                self.grad = slot
+            else:
+                self.grad += g
+            return
         if self.grad is None:
             self.grad = g if owned else g.copy()
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from miniran import backend, kernels
 from miniran.backend import get_array_module
 from miniran.fast import gemm_gpu
+from miniran.fast.slots import gradient_slot
 from miniran.functional._dispatch import twin_of
 from miniran.functional.conv import Conv2dFunction
 
@@ -149,7 +150,9 @@ class Conv2dGPU(Conv2dFunction):
         if needs[1]:
             # one batched product gy3 @ col.T (N, O, CKK), then the sum over the batch
             per_image = _product(gy3, self.col3d, cp.empty((n, o, c * kh * kw), gy3.dtype), trans_b=True)
-            gw = per_image.sum(axis=0)
+            slot = gradient_slot(self, 1, gy3) if self.dtypes[1] == gy3.dtype else None
+            # the batch sum straight into the weight's slot of a flat gradient buffer, if it has one
+            gw = per_image.sum(axis=0, out=None if slot is None else slot.reshape(o, c * kh * kw))
             gw = gw.reshape(self.w.shape).astype(self.dtypes[1], copy=False)
         if len(needs) == 3 and needs[2]:
             gb = gy3.sum(axis=(0, 2)).astype(self.dtypes[2], copy=False)

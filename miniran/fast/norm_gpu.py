@@ -14,6 +14,7 @@ from __future__ import annotations
 from miniran import backend, kernels
 from miniran.backend import get_array_module
 from miniran.functional._dispatch import twin_of
+from miniran.fast.slots import gradient_slot
 from miniran.functional.normalization import BatchNorm
 
 # Two sums at once, accumulated in double precision: (sum x, sum x^2) forward,
@@ -126,13 +127,19 @@ class BatchNormGPU(BatchNorm):
         self.x, self.mean, self.var, self.gamma, self.beta = x, mean, var, gamma, beta
         return y
 
+    def _slot_or_empty(self, cp, index, c, gy):
+        slot = gradient_slot(self, index, gy)
+        return cp.empty(c, dtype=gy.dtype) if slot is None else slot
+
     def backward(self, gy):
         cp = get_array_module(gy)
         bshape, m = self.bshape, self.m
         gy = cp.ascontiguousarray(gy)
         per_channel = [a.reshape(bshape) for a in (self.mean, self.var, self.gamma, self.beta)]
         c = gy.shape[1]
-        gbeta, ggamma = cp.empty(c, dtype=gy.dtype), cp.empty(c, dtype=gy.dtype)
+        # written straight into the parameters' slots of a flat gradient buffer, if they have them
+        gbeta = self._slot_or_empty(cp, 2, c, gy)
+        ggamma = self._slot_or_empty(cp, 1, c, gy)
         _BN_BACKWARD_SUMS(gy, self.x, *per_channel, self.eps, int(self.relu), gbeta, ggamma,
                           axis=self.axes)
         gx = None

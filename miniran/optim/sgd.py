@@ -12,9 +12,21 @@ formulation, so runs can be compared step for step::
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from miniran import backend, kernels
+from miniran.nn.flat import FlatParameters
+
+
+def _check_finite(name, value):
+    """``value`` must be a real number (not a bool) and finite: the command line's rule for its options."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"SGD: {name} must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"SGD: {name} must be a finite number, got {float(value)}")
 
 
 class SGD:
@@ -22,16 +34,27 @@ class SGD:
 
     Args:
         params: iterable of :class:`~miniran.nn.Parameter`.
-        lr: learning rate (schedulers change ``optimizer.lr``).
-        momentum: momentum factor (0 disables it).
+        lr: learning rate (schedulers change ``optimizer.lr``); finite, > 0.
+        momentum: momentum factor in [0, 1) (0 disables it).
         nesterov: use Nesterov momentum (needs momentum > 0).
-        weight_decay: L2 penalty added to every parameter's gradient.
+        weight_decay: L2 penalty added to every parameter's gradient; finite, >= 0.
+        flat: gather the parameters into one flat buffer and their gradients
+            into another (:class:`~miniran.nn.flat.FlatParameters`, ``self.flat``);
+            a step then updates all of them with one kernel (one array
+            operation set on the CPU) instead of one per parameter, and
+            ``self.flat.grad`` is the one array that data-parallel training
+            all-reduces. The parameters must share a dtype and a device.
+
+    ``nan``, ``inf`` and values that are not real numbers are refused with
+    one line naming the argument, as the command line refuses ``--lr nan``.
     """
 
-    def __init__(self, params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4):
+    def __init__(self, params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, flat=False):
         self.params = list(params)
         if not self.params:
             raise ValueError("SGD: params is empty (did you pass model.parameters()?)")
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            _check_finite(name, value)
         if lr <= 0:
             raise ValueError(f"SGD: lr must be positive, got {lr}")
         if not 0 <= momentum < 1:
@@ -46,6 +69,8 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.velocity = [None] * len(self.params)
         self.steps = 0
+        self.flat = FlatParameters(self.params) if flat else None
+        self._flat_velocity = None  # with flat=True: one buffer, self.velocity[i] its views
 
     def zero_grad(self):
         for p in self.params:
@@ -56,10 +81,17 @@ class SGD:
 
         On the GPU each parameter is updated by one fused kernel
         (:data:`SGD_KERNEL`) instead of the seven or eight array operations of
-        :meth:`_update_arrays`, which stays the reference the kernel is tested
-        against and the CPU path.
+        :func:`_update_arrays`, which stays the reference the kernel is tested
+        against and the CPU path. With ``flat=True`` and every gradient in its
+        slot, the whole flat buffer is one update.
         """
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        if self.flat is not None:
+            self.flat.sync()
+            if self.flat.grads_in_slots():
+                self._step_flat(lr, mu, wd)
+                self.steps += 1
+                return
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -67,37 +99,35 @@ class SGD:
             if v is not None and backend.device_of(v) != backend.device_of(p.data):
                 # the model was moved (Module.to) after earlier steps: the buffer follows
                 v = self.velocity[i] = backend.to_device(v, backend.device_of(p.data))
-            if backend.is_cupy_array(p.data):
-                self._update_gpu(i, p, lr, mu, wd)
-            else:
-                self._update_arrays(i, p, lr, mu, wd)
+            self.velocity[i] = self._update(p.grad, p.data, v, lr, mu, wd)
         self.steps += 1
 
-    def _update_arrays(self, i, p, lr, mu, wd):
-        """The update in plain array code (the readable reference)."""
-        g = p.grad
-        if wd:
-            g = g + wd * p.data
-        if mu:
-            v = self.velocity[i]
-            if v is None:
-                v = self.velocity[i] = g.copy()  # first step: v = g, as PyTorch
-            else:
-                v *= mu
-                v += g
-            g = g + mu * v if self.nesterov else v
-        p.data -= lr * g
+    def _update(self, g, p, v, lr, mu, wd):
+        """Update the array ``p`` in place from its gradient ``g``; the momentum buffer (new or ``v``)."""
+        if backend.is_cupy_array(p):
+            return _update_gpu(g, p, v, lr, mu, wd, self.nesterov)
+        return _update_arrays(g, p, v, lr, mu, wd, self.nesterov)
 
-    def _update_gpu(self, i, p, lr, mu, wd):
-        """The same update as one kernel launch; momentum buffers start as empty
-        arrays that the kernel's first step fills with g."""
-        if not mu:
-            SGD_PLAIN_KERNEL(p.grad, lr, wd, p.data)
-            return
-        first = self.velocity[i] is None
-        if first:
-            self.velocity[i] = backend.get_array_module(p.data).empty_like(p.data)
-        SGD_KERNEL(p.grad, lr, mu, wd, int(self.nesterov), int(first), p.data, self.velocity[i])
+    def _step_flat(self, lr, mu, wd):
+        """One update of the whole flat buffer; the per-parameter momentum buffers are its views."""
+        flat = self.flat
+        v = self._flat_velocity
+        if mu and v is None and any(u is not None for u in self.velocity):
+            v = self._gather_velocity()
+        if v is not None and backend.device_of(v) != flat.device:
+            v = backend.to_device(v, flat.device)
+        self._flat_velocity = self._update(flat.grad, flat.data, v, lr, mu, wd)
+        if self._flat_velocity is not None:
+            self.velocity = [flat.view(self._flat_velocity, i) for i in range(len(self.params))]
+
+    def _gather_velocity(self):
+        """The per-parameter momentum buffers in one flat array (zeros where a parameter has none yet)."""
+        xp = backend.get_array_module(self.flat.data)
+        v = xp.zeros_like(self.flat.data)
+        for i, u in enumerate(self.velocity):
+            if u is not None:
+                self.flat.view(v, i)[...] = backend.to_device(u, self.flat.device)
+        return v
 
     # -- checkpointing
     def state_dict(self) -> dict:
@@ -132,7 +162,36 @@ class SGD:
             if f"velocity.{i}" in state else None
             for i, p in enumerate(self.params)
         ]
+        self._flat_velocity = None  # gathered again from these at the next flat step
         return self
+
+
+def _update_arrays(g, p, v, lr, mu, wd, nesterov):
+    """The update in plain array code (the readable reference): ``p`` in place; returns the momentum buffer."""
+    if wd:
+        g = g + wd * p
+    if mu:
+        if v is None:
+            v = g.copy()  # first step: v = g, as PyTorch
+        else:
+            v *= mu
+            v += g
+        g = g + mu * v if nesterov else v
+    p -= lr * g
+    return v
+
+
+def _update_gpu(g, p, v, lr, mu, wd, nesterov):
+    """The same update as one kernel launch; a momentum buffer starts as an empty
+    array that the kernel's first step fills with g."""
+    if not mu:
+        SGD_PLAIN_KERNEL(g, lr, wd, p)
+        return v
+    first = v is None
+    if first:
+        v = backend.get_array_module(p).empty_like(p)
+    SGD_KERNEL(g, lr, mu, wd, int(nesterov), int(first), p, v)
+    return v
 
 
 # One thread per parameter element: weight decay, momentum and the Nesterov
