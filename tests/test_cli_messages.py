@@ -102,3 +102,11 @@ def test_eval_without_the_dataset_is_one_line(run, tmp_path, data_dir):
     assert not cache.exists() or not any(cache.rglob("*"))  # a failed download leaves nothing behind
     if data_dir is not None:
         assert not any((tmp_path / data_dir).iterdir())
+
+
+def test_the_api_refuses_a_negative_seed_in_one_line():
+    from miniran.train.trainer import TrainConfig
+
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"^--seed must be an integer >= 0, got "):
+            TrainConfig(seed=bad).validate()

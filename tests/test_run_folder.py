@@ -365,6 +365,8 @@ CONTRADICTIONS = {
                      "optim/velocity.0"),
     "nan_mean": (lambda a: a.__setitem__("data/mean", np.full_like(a["data/mean"], np.nan)), "data/mean"),
     "zero_batch_size": (lambda a: a.__setitem__("loader/batch_size", np.int64(0)), "loader/batch_size"),
+    "complex_velocity": (lambda a: a.__setitem__("optim/velocity.0", a["optim/velocity.0"] + 1j),
+                         "optim/velocity.0"),
 }
 
 

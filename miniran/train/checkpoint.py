@@ -111,7 +111,10 @@ def _check_progress(path, arrays):
 def _check_values(path, arrays):
     """No NaN or infinity in the weights, the optimiser state or the statistics; a positive std."""
     for key, value in arrays.items():
-        if key.split("/")[0] in ("model", "optim", "data") and value.dtype.kind in "fc" \
+        if key.split("/")[0] in ("model", "optim", "data") and value.dtype.kind == "c":
+            raise ValueError(f"checkpoint {path}: entry '{key}' holds complex numbers; expected real numbers "
+                             f"(loading it would drop the imaginary parts silently)")
+        if key.split("/")[0] in ("model", "optim", "data") and value.dtype.kind == "f" \
                 and not np.isfinite(value).all():
             raise ValueError(f"checkpoint {path}: entry '{key}' holds NaN or infinite values: the run had "
                              f"diverged or the file is damaged, so it is not resumed or evaluated")
