@@ -14,7 +14,7 @@ from pathlib import Path
 import miniran
 
 PACKAGE = Path(miniran.__file__).parent
-LEVELS = [("backend", "_io"), ("threads", "kernels"), ("autograd",), ("functional",), ("fast",), ("nn",),
+LEVELS = [("backend", "_io"), ("threads", "kernels", "distributed"), ("autograd",), ("functional",), ("fast",), ("nn",),
           ("models",), ("optim", "data"),
           ("train", "viz", "diagrams")]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}

@@ -29,6 +29,14 @@ Backward, per channel, with the sums over the channel's M values::
     dL/dx = gamma_c / sqrt(var_c + eps) / M * (M * gy - sum(gy) - xhat * sum(gy * xhat))   # training
     dL/dx = gamma_c / sqrt(var_c + eps) * gy                                             # evaluation
 
+**Sync batch norm** (data-parallel training, ``comm`` given): each process
+holds a shard of the global batch, and the statistics are taken over the
+global batch: the per-channel sums of x, then of (x - mean)^2, are summed over
+the processes (an all-reduce) and divided by the global count; in the
+backward pass the two sums ``sum(gy)`` and ``sum(gy * xhat)`` are summed over
+the processes the same way. gamma's and beta's gradients stay per process
+(the data-parallel all-reduce averages them with the other parameters).
+
 This module is the reference algorithm. Its faster twins, the same numbers up
 to rounding, are in the engine: ``miniran/fast/norm_cpu.py`` (CPU threads)
 and ``miniran/fast/norm_gpu.py`` (fused CUDA kernels).
@@ -65,22 +73,30 @@ class BatchNorm(Function):
     same passes over memory.
     """
 
-    def __init__(self, running_mean, running_var, use_batch_stats, momentum, eps, relu=False):
+    def __init__(self, running_mean, running_var, use_batch_stats, momentum, eps, relu=False, comm=None):
         self.running_mean, self.running_var = running_mean, running_var
         self.use_batch_stats = use_batch_stats
         self.momentum, self.eps = momentum, eps
         self.relu = relu
+        # sync batch norm: the processes whose shards make the global batch (miniran.distributed)
+        self.comm = comm if use_batch_stats and comm is not None and comm.size > 1 else None
+
+    def _over_all_processes(self, per_channel):
+        """A per-channel sum of this process's shard, summed over every process (sync batch norm)."""
+        if self.comm is not None:
+            per_channel = self.comm.allreduce_sum(per_channel.copy())
+        return per_channel
 
     def forward(self, x, gamma, beta):
         xp = get_array_module(x)
         self.axes = (0,) + tuple(range(2, x.ndim))  # every axis but C: (0,) or (0, 2, 3)
         self.bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-        self.m = m = x.size // x.shape[1]  # values per channel, N*H*W
+        self.m = m = x.size // x.shape[1] * (1 if self.comm is None else self.comm.size)  # values per channel, N*H*W
 
         if self.use_batch_stats:
-            mean = x.mean(axis=self.axes)
+            mean = self._over_all_processes(x.sum(axis=self.axes)) / m
             xc = x - mean.reshape(self.bshape)
-            var = _channel_dot(xc, xc) / m  # biased, as used for normalising
+            var = self._over_all_processes(_channel_dot(xc, xc)) / m  # biased, as used for normalising
             if self.running_mean is not None:
                 # in place: the caller's arrays (a module's buffers) see the update
                 mom, rm, rv = self.momentum, self.running_mean, self.running_var
@@ -120,7 +136,9 @@ class BatchNorm(Function):
                 # mean and var depend on every x, which gives two more terms:
                 #   gx = gamma*inv_std/M * (M*gy - sum(gy) - xhat*sum(gy*xhat))
                 # i.e. per channel gx = a*gy + b*xhat + c, with the (C,) vectors
-                b, c = -a * ggamma / m, -a * gbeta / m
+                # (with sync batch norm the sums run over the global batch)
+                b = -a * self._over_all_processes(ggamma) / m
+                c = -a * self._over_all_processes(gbeta) / m
                 gx = xhat  # reuse the buffer: xhat is no longer needed
                 gx *= b.reshape(bshape)
                 gx += c.reshape(bshape)
@@ -143,6 +161,8 @@ def batch_norm(
     training=False,
     momentum=0.1,
     eps=1e-5,
+    *,
+    comm=None,
 ) -> Tensor:
     """Batch normalisation over the channel axis 1 (PyTorch's semantics and argument order).
 
@@ -164,11 +184,15 @@ def batch_norm(
             [0, 1]. ``None`` (PyTorch's cumulative average) needs a batch count:
             :class:`miniran.nn.BatchNorm2d` keeps one.
         eps: added to the variance before the square root.
+        comm: in data-parallel training, the processes (``miniran.distributed.world()``)
+            whose shards form the global batch: the batch statistics are then
+            taken over the global batch (sync batch norm). ``None``: this
+            process's batch only.
 
     Returns:
         Tensor of x's shape: ``weight * (x - mean) / sqrt(var + eps) + bias``.
     """
-    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=False, comm=comm)
 
 
 def batch_norm_relu(
@@ -180,6 +204,8 @@ def batch_norm_relu(
     training=False,
     momentum=0.1,
     eps=1e-5,
+    *,
+    comm=None,
 ) -> Tensor:
     """``relu(batch_norm(x, ...))`` as one function (same arguments as :func:`batch_norm`).
 
@@ -188,10 +214,10 @@ def batch_norm_relu(
     (:mod:`miniran.fast.norm_gpu`) computes both in the same passes over
     memory: two kernel launches forward and two backward instead of four and four.
     """
-    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=True)
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=True, comm=comm)
 
 
-def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu, comm=None):
     """Check the arguments of :func:`batch_norm` / :func:`batch_norm_relu` and apply it."""
     gamma, beta = weight, bias
     x = x if isinstance(x, Tensor) else Tensor(x)
@@ -235,4 +261,4 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
         )
     return _dispatch.apply(BatchNorm, x, gamma, beta, running_mean=running_mean, running_var=running_var,
                            use_batch_stats=use_batch_stats, momentum=float(momentum), eps=float(eps),
-                           relu=relu)
+                           relu=relu, comm=comm)

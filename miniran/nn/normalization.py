@@ -46,6 +46,10 @@ class BatchNorm2d(Module):
         if self.momentum is None:  # the cumulative average needs the count of batches seen
             self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
 
+    #: sync batch norm: the processes of a data-parallel run (``miniran.distributed.world()``)
+    #: over whose shards the training statistics are taken; None: this process's batch
+    comm = None
+
     def forward(self, x, relu=False):
         """``relu=True`` returns ``relu(bn(x))``, fused (:func:`miniran.functional.batch_norm_relu`)."""
         if x.ndim != 4:
@@ -63,7 +67,7 @@ class BatchNorm2d(Module):
         fn = F.batch_norm_relu if relu else F.batch_norm
         return fn(
             x, self.running_mean, self.running_var, self.weight, self.bias,
-            training=self.training, momentum=momentum, eps=self.eps,
+            training=self.training, momentum=momentum, eps=self.eps, comm=self.comm,
         )
 
     def extra_repr(self):

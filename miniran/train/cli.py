@@ -48,6 +48,8 @@ def _add_train_options(p):
     p.add_argument("--force", action="store_true",
                    help="start over in an OUT folder that holds a run (its metrics and checkpoint are replaced)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpiexec -n N: batch-norm statistics over the global batch (default: each process's)")
 
 
 def _config_from_args(args) -> TrainConfig:
@@ -107,6 +109,10 @@ def _run_training(args) -> int:
             print(f"\ninterrupted before the first epoch ended: nothing was saved in {config.out}; "
                   "run the same command again to start over", file=sys.stderr)
         return 130
+    from miniran.distributed import world
+
+    if not world().is_root:  # rank 0 writes the pictures and says where the files are
+        return 0
     curves = plot_curves(config.out)
     print(f"learning curves: {curves}")
     print(f"checkpoint:      {os.path.join(config.out, 'checkpoint.npz')}")

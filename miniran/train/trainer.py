@@ -33,6 +33,8 @@ import miniran.functional as F
 from miniran import backend, data, models, optim
 from miniran._io import lock_folder, lock_holder, remove_stale_temporaries
 from miniran.autograd import Tensor, no_grad
+from miniran.distributed import world
+from miniran.train import parallel
 from miniran.train.checkpoint import Checkpoint, save_checkpoint
 from miniran.train.metrics import append_metrics, read_metrics, write_metrics
 
@@ -66,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/run"
     eval_batch_size: int = 500
+    sync_bn: bool = False  # data-parallel runs: batch-norm statistics over the global batch
 
     def validate(self):
         if self.model not in models.MODELS:
@@ -146,8 +149,15 @@ def load_data(config: TrainConfig):
     return x_train, y_train, x_test, y_test
 
 
-def evaluate(model, images, labels, mean, std, batch_size=500, device="cpu", num_classes=10):
-    """Loss, accuracy and per-class accuracy of ``model`` on uint8 images (evaluation mode)."""
+def evaluate(model, images, labels, mean, std, batch_size=500, device="cpu", num_classes=10, comm=None):
+    """Loss, accuracy and per-class accuracy of ``model`` on uint8 images (evaluation mode).
+
+    With ``comm`` (a data-parallel run) each process evaluates its part of the
+    images and the counts are summed over the processes.
+    """
+    comm = comm if comm is not None else world()
+    part = parallel.shard_range(len(labels), comm)
+    images, labels = images[part], labels[part]
     loader = data.DataLoader(images, labels, batch_size=batch_size, shuffle=False, augment=False,
                              mean=mean, std=std, device=device, num_classes=num_classes)
     was_training = model.training
@@ -168,6 +178,11 @@ def evaluate(model, images, labels, mean, std, batch_size=500, device="cpu", num
             correct += (one_hot & (logits.data.argmax(axis=1) == y)[:, None]).sum(axis=0)
     model.train(was_training)
     correct, total = backend.to_numpy(correct), backend.to_numpy(total)
+    if comm.size > 1:
+        summed = comm.sum_values([float(loss_sum)] + correct.tolist() + total.tolist())
+        loss_sum = summed[0]
+        correct = np.asarray(summed[1:1 + num_classes], dtype=np.int64)
+        total = np.asarray(summed[1 + num_classes:], dtype=np.int64)
     n = int(total.sum())
     per_class = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
     return {"loss": float(loss_sum) / n, "acc": float(correct.sum()) / n, "per_class": per_class.tolist(), "count": n}
@@ -299,6 +314,7 @@ class _Run:
     history: list = dataclasses.field(default_factory=list)
     saved_step: int | None = None  # step of the checkpoint on disk (None: none from this run)
     lock: object = None  # the folder's lock (miniran._io.FolderLock), held until the run ends
+    comm: object = None  # the processes of a data-parallel run (miniran.distributed); rank 0 writes the files
 
     @property
     def steps_per_epoch(self):
@@ -309,30 +325,34 @@ class _Run:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
 
-def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
+def _set_up(config: TrainConfig, resume: bool, force: bool, log, comm) -> _Run:
     """Step 1: lock the output folder, check it and the configuration, then build the run.
 
     The lock is taken before the folder is looked at ("already holds a run",
     the checkpoint of --resume), so two runs started together cannot both pass
     the checks. A run refused here gives the lock back and removes the folders
-    it created.
+    it created. In a data-parallel run only rank 0 touches the folder, and
+    every process raises rank 0's verdict, so all of them stop with one line.
     """
     if resume and force:
         raise ValueError("--resume continues the run in --out and --force starts it over: give only one of them")
-    out, lock, new_folders, ckpt = config.out, None, [], None
+    out, lock, new_folders, ckpt, replaced = config.out, None, [], None, []
     try:
-        if resume:
+        if resume and comm.is_root:
             lock = _lock_out_folder(out) if os.path.isdir(out) else None  # none: "checkpoint not found" below
+        if resume:
             ckpt = Checkpoint(os.path.join(out, "checkpoint.npz"))
             config = _resume_config(config, ckpt, log)
         config.validate()
-        _check_out_folder(out)
-        if lock is None:
-            new_folders = _make_out_folder(out)
-            lock = _lock_out_folder(out)
-        replaced = [] if resume else _check_no_run(out, force)
-        _remove_stale_temporaries(out, log)
-        run = _build_run(config, ckpt, replaced, log)
+        parallel.check_batch_size(config.batch_size, comm)
+        verdict = None
+        if comm.is_root:
+            try:
+                lock, new_folders, replaced = _prepare_folder(config, resume, force, lock, log)
+            except (ValueError, OutputError) as exc:
+                verdict = exc
+        _raise_everywhere(verdict, comm)
+        run = _build_run(config, ckpt, replaced, log, comm)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -342,7 +362,36 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log) -> _Run:
     return run
 
 
-def _build_run(config: TrainConfig, ckpt, replaced: list, log) -> _Run:
+def _prepare_folder(config: TrainConfig, resume: bool, force: bool, lock, log):
+    """Rank 0's part of step 1: the folder checked, made, locked and cleaned; (lock, new folders, files to replace)."""
+    out, new_folders = config.out, []
+    try:
+        _check_out_folder(out)
+        if lock is None:
+            new_folders = _make_out_folder(out)
+            lock = _lock_out_folder(out)
+        replaced = [] if resume else _check_no_run(out, force)
+        _remove_stale_temporaries(out, log)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        _remove_new_folders(new_folders)
+        raise
+    return lock, new_folders, replaced
+
+
+def _raise_everywhere(error, comm) -> None:
+    """Rank 0's error (or None) raised on every process, as the same type and line."""
+    if comm.size > 1:
+        verdict = comm.broadcast(None if error is None else (type(error).__name__, str(error)))
+        if verdict is not None and error is None:
+            kind, message = verdict
+            error = OutputError(message) if kind == "OutputError" else ValueError(message)
+    if error is not None:
+        raise error
+
+
+def _build_run(config: TrainConfig, ckpt, replaced: list, log, comm) -> _Run:
     """Step 1a: the data, the model, the optimiser and the schedule (restored from ``ckpt`` when given)."""
     out = config.out
     ckpt_path = os.path.join(out, "checkpoint.npz")
@@ -350,6 +399,10 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log) -> _Run:
     device = backend.normalize_device(config.device)
     if device == "gpu":
         backend.check_cuda_available()
+        if comm.size > 1:  # one GPU per process on each machine
+            cp = backend.cupy_module()
+            cp.cuda.Device(comm.local_rank % cp.cuda.runtime.getDeviceCount()).use()
+    parallel.share_cores(comm)
 
     x_train, y_train, x_test, y_test = load_data(config)
     k = data.num_classes(config.dataset)
@@ -368,19 +421,22 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log) -> _Run:
     model = build_model(config, k)
     if device == "gpu":
         model.to("gpu")
-    # on the GPU: one flat parameter and gradient buffer, so a step's update is one kernel
+    if config.sync_bn and comm.size > 1:
+        parallel.use_sync_batch_norm(model, comm)
+    # on the GPU and across processes: one flat parameter and gradient buffer, so a
+    # step's update is one kernel and the gradients are one all-reduce
     opt = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                    weight_decay=config.weight_decay, flat=device == "gpu")
+                    weight_decay=config.weight_decay, flat=device == "gpu" or comm.size > 1)
     if config.schedule == "paper":
         schedule = optim.paper_schedule(opt, total_steps)
     else:
         schedule = optim.CosineLR(opt, total_steps)
     run = _Run(config, device, out, ckpt_path, metrics_path, x_test, y_test, k, loader, model, opt, schedule,
-               total_steps)
+               total_steps, comm=comm)
 
     if ckpt is not None:
         _restore(run, ckpt, log)
-    else:
+    elif comm.is_root:
         try:
             for path in replaced:  # --force, and every check above passed: only now is the old run removed
                 os.unlink(path)
@@ -388,7 +444,9 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log) -> _Run:
         except OSError as exc:
             raise OutputError(f"cannot prepare --out {out}: {exc.strerror or exc}") from exc
     log(f"training {config.model} on {config.dataset}: {len(y_train)} images, {run.steps_per_epoch} steps/epoch, "
-        f"{total_steps} steps, device {device}, output {out}")
+        f"{total_steps} steps, device {device}, output {out}"
+        + (f", {comm.size} processes ({config.batch_size // comm.size} images each per step"
+           f"{', sync batch norm' if config.sync_bn else ''})" if comm.size > 1 else ""))
     return run
 
 
@@ -414,7 +472,8 @@ def _restore(run: _Run, ckpt: Checkpoint, log) -> None:
     run.step = run.saved_step = ckpt.step
     # keep the lines of finished epochs only (a crash may have left one more, or half of one)
     run.history = [r for r in read_metrics(run.metrics_path, warn=log) if r["step"] <= ckpt.step]
-    _write_or_explain(run, write_metrics, run.metrics_path, run.history)
+    if run.comm.is_root:
+        _write_or_explain(run, write_metrics, run.metrics_path, run.history)
     log(f"resumed from {run.ckpt_path} at step {ckpt.step} (epoch {run.loader.epoch})")
 
 
@@ -429,10 +488,12 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     seen = 0
     t0 = time.perf_counter()
     for x, y in loader:
+        x, y = parallel.shard(x, run.comm), parallel.shard(y, run.comm)  # this process's part of the batch
         logits = model(Tensor(x))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
+        parallel.average_gradients(opt, run.comm)  # one all-reduce of the flat gradient buffer
         opt.step()
         schedule.step()
         run.step += 1
@@ -457,14 +518,15 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
         if run.step >= run.total_steps:
             break
     train_seconds = time.perf_counter() - t0
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1),
-            "seen": seen, "train_seconds": train_seconds, "t0": t0}
+    loss_total, correct_total, seen = run.comm.sum_values([float(loss_sum), int(correct), seen])
+    return {"train_loss": loss_total / max(seen, 1), "train_acc": correct_total / max(seen, 1),
+            "seen": int(seen), "train_seconds": train_seconds, "t0": t0}
 
 
 def _evaluate_epoch(run: _Run, epoch: int, stats) -> dict:
     """Step 3: evaluate on the test set; returns the epoch's metrics row."""
     test = evaluate(run.model, run.x_test, run.y_test, run.loader.mean, run.loader.std,
-                    run.config.eval_batch_size, run.device, run.num_classes)
+                    run.config.eval_batch_size, run.device, run.num_classes, comm=run.comm)
     row = {
         "epoch": epoch,
         "step": run.step,
@@ -512,6 +574,13 @@ def _save_epoch(run: _Run, row: dict) -> None:
     checkpoint cannot be written (a full disk, Ctrl-C, SIGTERM), the new
     ``metrics.jsonl`` is removed again, so the same command can start over.
     """
+    if not run.comm.is_root:  # rank 0 writes the run's files; the others keep the history
+        if run.history and run.history[-1]["epoch"] == row["epoch"]:
+            run.history[-1] = row
+        else:
+            run.history.append(row)
+        run.saved_step = run.step
+        return
     take_back = run.saved_step is None and not os.path.exists(run.metrics_path)
     try:
         if run.history and run.history[-1]["epoch"] == row["epoch"]:
@@ -556,7 +625,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
         OutputError: when the run's files cannot be written (the earlier ones are intact).
         ValueError: bad options, an --out folder that cannot be used, a damaged checkpoint.
     """
-    run = _set_up(config, resume, force, log)
+    comm = world()
+    if not comm.is_root:  # one voice: rank 0 logs and shows the progress bar
+        log, progress = (lambda *args, **kwargs: None), False
+    run = _set_up(config, resume, force, log, comm)
     bar = None
     try:
         if progress:
@@ -578,8 +650,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
                 bar.write(message)
             else:
                 log(message)
+    except BaseException as exc:
+        if comm.size > 1:
+            _end_every_process(comm, exc)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        run.lock.release()
+        if run.lock is not None:
+            run.lock.release()
     return run.history
+
+
+def _end_every_process(comm, exc: BaseException) -> None:
+    """A failure in one process of a data-parallel run ends all of them at once (an MPI abort), with one line.
+
+    The others may be waiting in an all-reduce that this process will never
+    join: without the abort they would hang.
+    """
+    import sys
+
+    if isinstance(exc, KeyboardInterrupt):
+        status, what = 130, "interrupted"
+    else:
+        status, what = (1 if isinstance(exc, TrainingDiverged) else 2), " ".join(str(exc).split()) or type(exc).__name__
+    print(f"miniran train: error on process {comm.rank} of {comm.size}: {what}; ending every process "
+          f"(checkpoints already saved are kept)", file=sys.stderr)
+    comm.abort(status)
