@@ -338,20 +338,28 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log, comm) -> _Run:
         raise ValueError("--resume continues the run in --out and --force starts it over: give only one of them")
     out, lock, new_folders, ckpt, replaced = config.out, None, [], None, []
     try:
-        if resume and comm.is_root:
-            lock = _lock_out_folder(out) if os.path.isdir(out) else None  # none: "checkpoint not found" below
-        if resume:
-            ckpt = Checkpoint(os.path.join(out, "checkpoint.npz"))
-            config = _resume_config(config, ckpt, log)
-        config.validate()
-        parallel.check_batch_size(config.batch_size, comm)
-        verdict = None
-        if comm.is_root:
+        local_error = None
+        try:
+            if resume and comm.is_root:
+                lock = _lock_out_folder(out) if os.path.isdir(out) else None  # none: "checkpoint not found" below
+            if resume:
+                ckpt = Checkpoint(os.path.join(out, "checkpoint.npz"))
+                config = _resume_config(config, ckpt, log)
+            config.validate()
+            parallel.check_batch_size(config.batch_size, comm)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            if comm.size == 1:
+                raise
+            local_error = exc  # raised after the broadcast below, which every process must join
+        verdict = local_error
+        if comm.is_root and local_error is None:
             try:
                 lock, new_folders, replaced = _prepare_folder(config, resume, force, lock, log)
             except (ValueError, OutputError) as exc:
                 verdict = exc
         _raise_everywhere(verdict, comm)
+        if local_error is not None:
+            raise local_error
         run = _build_run(config, ckpt, replaced, log, comm)
     except BaseException:
         if lock is not None:
@@ -628,7 +636,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
     comm = world()
     if not comm.is_root:  # one voice: rank 0 logs and shows the progress bar
         log, progress = (lambda *args, **kwargs: None), False
-    run = _set_up(config, resume, force, log, comm)
+    run = _set_up_everywhere(config, resume, force, log, comm)
     bar = None
     try:
         if progress:
@@ -660,6 +668,26 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
         if run.lock is not None:
             run.lock.release()
     return run.history
+
+
+def _set_up_everywhere(config, resume, force, log, comm) -> _Run:
+    """:func:`_set_up` on every process; if one of them cannot start, none does (no process waits forever).
+
+    A refusal that every process meets (a bad option, a busy folder) is each
+    one's own line; a process that started while another could not says so.
+    """
+    try:
+        run, error = _set_up(config, resume, force, log, comm), None
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        run, error = None, exc
+    if comm.size > 1 and not comm.all_agree(error is None) and error is None:
+        if run.lock is not None:
+            run.lock.release()
+        raise ValueError(f"another process of this run could not start (its message is above); "
+                         f"process {comm.rank} stops too, nothing was trained")
+    if error is not None:
+        raise error
+    return run
 
 
 def _end_every_process(comm, exc: BaseException) -> None:
