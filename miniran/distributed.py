@@ -132,6 +132,9 @@ class MPIWorld(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(status)
+        # MPI_Abort may return (MPICH 5 asks the launcher to kill the processes and goes on):
+        # this process must not go on, e.g. to print the traceback of the error it reported
+        os._exit(status)
 
     # -- NCCL for CuPy arrays ---------------------------------------------------------------
 

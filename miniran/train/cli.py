@@ -228,5 +228,6 @@ def main(argv) -> int:
         # one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         message = _missing_dataset_line(exc) or message
-        print(f"miniran {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+        # one write call: under mpiexec the lines of several processes share one pipe
+        sys.stderr.write(f"miniran {args.command}: error: {' '.join(str(message).split())}\n")
         return 2

@@ -24,7 +24,8 @@ import numpy as np
 from miniran import nn, threads
 from miniran.distributed import Communicator
 
-__all__ = ["shard", "average_gradients", "use_sync_batch_norm", "check_batch_size", "share_cores"]
+__all__ = ["shard", "shard_range", "average_gradients", "average_buffers", "use_sync_batch_norm",
+           "check_batch_size", "share_cores"]
 
 
 def check_batch_size(batch_size: int, comm: Communicator) -> None:
@@ -64,6 +65,21 @@ def average_gradients(optimizer, comm: Communicator) -> None:
             p.grad_slot[...] = 0
             p.grad = p.grad_slot
     comm.allreduce_mean(flat.grad)
+
+
+def average_buffers(model, comm: Communicator) -> None:
+    """Average the floating-point buffers (batch norm's running statistics) over the processes, in place.
+
+    With per-process batch norm each process's running statistics follow its
+    own shards; before an evaluation (split over the processes) and a
+    checkpoint (written by rank 0) they are averaged, so every process
+    evaluates the same model and the checkpoint holds what all of them saw.
+    """
+    if comm.size == 1:
+        return
+    for _, buffer in model.named_buffers():
+        if buffer.dtype.kind == "f":
+            comm.allreduce_mean(buffer)
 
 
 def use_sync_batch_norm(model, comm: Communicator) -> int:

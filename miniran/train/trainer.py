@@ -533,6 +533,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
 
 def _evaluate_epoch(run: _Run, epoch: int, stats) -> dict:
     """Step 3: evaluate on the test set; returns the epoch's metrics row."""
+    parallel.average_buffers(run.model, run.comm)  # one model on every process: the same running statistics
     test = evaluate(run.model, run.x_test, run.y_test, run.loader.mean, run.loader.std,
                     run.config.eval_batch_size, run.device, run.num_classes, comm=run.comm)
     row = {
@@ -702,6 +703,7 @@ def _end_every_process(comm, exc: BaseException) -> None:
         status, what = 130, "interrupted"
     else:
         status, what = (1 if isinstance(exc, TrainingDiverged) else 2), " ".join(str(exc).split()) or type(exc).__name__
-    print(f"miniran train: error on process {comm.rank} of {comm.size}: {what}; ending every process "
-          f"(checkpoints already saved are kept)", file=sys.stderr)
+    # one write call: lines of several processes sharing a pipe do not interleave mid-line
+    sys.stderr.write(f"miniran train: error on process {comm.rank} of {comm.size}: {what}; ending every process "
+                     f"(checkpoints already saved are kept)\n")
     comm.abort(status)
