@@ -25,7 +25,7 @@ from miniran import nn, threads
 from miniran.distributed import Communicator
 
 __all__ = ["shard", "shard_range", "average_gradients", "average_buffers", "use_sync_batch_norm",
-           "check_batch_size", "share_cores"]
+           "check_batch_size", "share_cores", "use_local_gpu"]
 
 
 def check_batch_size(batch_size: int, comm: Communicator) -> None:
@@ -100,6 +100,22 @@ def share_cores(comm: Communicator) -> None:
         threads.set_cpu_threads(min(threads.cpu_threads(), share))
         if threads.blas_threads() is not None and threads.blas_threads() > share:
             threads.blas_threads(share)
+
+
+def use_local_gpu(comm: Communicator) -> None:
+    """Process ``local_rank`` of a machine takes GPU ``local_rank``; more processes than GPUs is refused.
+
+    NCCL refuses two processes on one GPU, but only at the first all-reduce:
+    the one line here comes before any training.
+    """
+    from miniran import backend
+
+    cp = backend.cupy_module()
+    gpus, local = cp.cuda.runtime.getDeviceCount(), _processes_on_this_machine()
+    if local > gpus:
+        raise ValueError(f"--device gpu: {local} processes on this machine but {gpus} GPU(s); data-parallel "
+                         f"training takes one GPU per process: start at most {gpus} processes per machine")
+    cp.cuda.Device(comm.local_rank).use()
 
 
 def _processes_on_this_machine() -> int:

@@ -408,8 +408,7 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log, comm) -> _Run:
     if device == "gpu":
         backend.check_cuda_available()
         if comm.size > 1:  # one GPU per process on each machine
-            cp = backend.cupy_module()
-            cp.cuda.Device(comm.local_rank % cp.cuda.runtime.getDeviceCount()).use()
+            parallel.use_local_gpu(comm)
     parallel.share_cores(comm)
 
     x_train, y_train, x_test, y_test = load_data(config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref as _weakref
+
 import cupy_standin as _ctl
 from cupy import _NAMES
 from cupy.cuda import runtime  # noqa: F401
@@ -81,6 +83,9 @@ class Device:
         return f"<CUDA Device {self.id}>"
 
 
+_live_streams = _weakref.WeakValueDictionary()  # ptr -> Stream, for the stand-in NCCL's stream check
+
+
 class Stream:
     """A CUDA stream; work is done at once, ``synchronize()`` counts a sync."""
 
@@ -90,6 +95,8 @@ class Stream:
     def __init__(self, null=False, non_blocking=False, ptr=0, priority=None):
         self.ptr = 0 if null else id(self)
         self.device_id = 0
+        if not null:
+            _live_streams[self.ptr] = self
 
     def synchronize(self):
         _ctl.sync("stream_synchronize")
@@ -110,7 +117,9 @@ class Stream:
         return event
 
     def wait_event(self, event):
-        pass
+        if not isinstance(event, Event):  # CuPy's Cython signature takes an Event
+            raise TypeError(f"Argument 'event' has incorrect type (expected cupy.cuda.Event, got "
+                            f"{type(event).__name__})")
 
     @property
     def done(self):

@@ -1,4 +1,11 @@
-"""``cupy.cuda.runtime`` of the stand-in: one device, id 0."""
+"""``cupy.cuda.runtime`` of the stand-in: one device, id 0, unless ``CUPY_STANDIN_DEVICES`` says more.
+
+``CUPY_STANDIN_DEVICES=N`` (the stand-in's own setting, for multi-process
+tests) makes N devices visible; all of them are the same host memory, and
+each process of an ``mpiexec`` run has its own.
+"""
+
+import os
 
 import cupy_standin as _ctl
 
@@ -14,7 +21,8 @@ _TOTAL = 141 * 2**30
 
 
 def getDeviceCount():
-    return 1
+    value = os.environ.get("CUPY_STANDIN_DEVICES", "1").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else 1
 
 
 def getDevice():
