@@ -603,3 +603,355 @@ def check_relu_and_add(relu_cls, add_cls):
         print(f"  whole unit: miniran.gradcheck failed: {str(err).splitlines()[0]}   WRONG")
         return False
     return True
+
+
+# --------------------------------------------------------------------------- 12: the ring all-reduce under mpiexec
+
+ALLREDUCE_SIZES = (4096, 1001, 65536, 3)  # values per process: even, uneven, large (rendezvous messages), < N
+
+_HARNESS = r'''
+# ---- the harness (tutorials/checks.py): run the function above in every process, measure, report to rank 0
+import hashlib
+import json
+import os
+import pickle
+
+import numpy as np
+from mpi4py import MPI
+
+
+def _nbytes(buf):
+    """The bytes a send buffer holds: an array, [array, MPI type], [array, count, MPI type], or a Python object."""
+    if isinstance(buf, (list, tuple)) and buf and hasattr(buf[0], "nbytes"):
+        if len(buf) >= 3 and isinstance(buf[1], int):
+            return buf[1] * buf[0].itemsize
+        return buf[0].nbytes
+    if hasattr(buf, "nbytes"):
+        return buf.nbytes
+    return len(pickle.dumps(buf))
+
+
+class CountingComm:
+    """MPI.COMM_WORLD restricted to point-to-point messages, counting what this process sends."""
+
+    def __init__(self, comm):
+        self._comm, self.bytes_sent, self.messages = comm, 0, 0
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def _sent(self, args, kwargs, *names):
+        buf = args[0] if args else next((kwargs[n] for n in names if n in kwargs), None)
+        self.bytes_sent += _nbytes(buf)
+        self.messages += 1
+
+    def Send(self, *a, **k):
+        self._sent(a, k, "buf")
+        return self._comm.Send(*a, **k)
+
+    def Isend(self, *a, **k):
+        self._sent(a, k, "buf")
+        return self._comm.Isend(*a, **k)
+
+    def Sendrecv(self, *a, **k):
+        self._sent(a, k, "sendbuf")
+        return self._comm.Sendrecv(*a, **k)
+
+    def send(self, *a, **k):
+        self._sent(a, k, "obj")
+        return self._comm.send(*a, **k)
+
+    def isend(self, *a, **k):
+        self._sent(a, k, "obj")
+        return self._comm.isend(*a, **k)
+
+    def sendrecv(self, *a, **k):
+        self._sent(a, k, "sendobj")
+        return self._comm.sendrecv(*a, **k)
+
+    def Recv(self, *a, **k):
+        return self._comm.Recv(*a, **k)
+
+    def Irecv(self, *a, **k):
+        return self._comm.Irecv(*a, **k)
+
+    def recv(self, *a, **k):
+        return self._comm.recv(*a, **k)
+
+    def irecv(self, *a, **k):
+        return self._comm.irecv(*a, **k)
+
+    def __getattr__(self, name):
+        raise AttributeError(f"comm.{name} is not allowed here: point-to-point messages only "
+                             "(Send, Recv, Sendrecv, Isend, Irecv); the collective is what you are writing")
+
+
+def _report(obj, name):
+    """A file in the working folder (not stdout: mpiexec can mix the lines of several processes)."""
+    with open(name + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(name + ".tmp", name)
+
+
+def main(fn, sizes):
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    rows = []
+    for n in sizes:
+        x = np.random.default_rng([rank, n]).standard_normal(n)
+        before = x.copy()
+        expected = np.empty_like(x)
+        world.Allreduce(x, expected, op=MPI.SUM)  # MPI's own all-reduce: the reference
+        comm = CountingComm(world)
+        world.Barrier()
+        start = MPI.Wtime()
+        try:
+            got = fn(comm, x)
+        except Exception as exc:
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            if isinstance(exc, NameError):
+                text += " (everything your function uses must be inside it: imports, helpers)"
+            _report({"rank": rank, "error": f"{type(exc).__name__}: {text}", "values": n}, f"error-{rank}.json")
+            world.Abort(1)
+        seconds = MPI.Wtime() - start
+        mine = {"bytes": comm.bytes_sent, "messages": comm.messages, "seconds": seconds,
+                "input_changed": not np.array_equal(x, before), "problem": None}
+        if not isinstance(got, np.ndarray):
+            mine["problem"] = f"expected a NumPy array, got {type(got).__name__}"
+        elif got.shape != x.shape:
+            mine["problem"] = f"expected shape {x.shape}, got shape {got.shape}"
+        elif got.dtype != np.float64:
+            mine["problem"] = f"expected float64, got {got.dtype}"
+        elif not np.all(np.isfinite(got)):
+            mine["problem"] = "the result holds NaN or inf"
+        else:
+            scale = max(float(np.abs(expected).max()), 1e-300)
+            mine["rel"] = float(np.abs(got - expected).max()) / scale
+            mine["digest"] = hashlib.sha1(np.ascontiguousarray(got).tobytes()).hexdigest()
+        everyone = world.gather(mine, root=0)
+        if rank == 0:
+            rows.append({"values": n, "itemsize": x.itemsize, "ranks": everyone})
+    if rank == 0:
+        _report({"size": world.Get_size(), "rows": rows}, "report.json")
+
+
+if __name__ == "__main__":
+    main(FUNCTION, SIZES)
+'''
+
+
+def mpiexec_path():
+    """The ``mpiexec`` next to this Python (the mpich wheel in the virtual environment), else one on PATH."""
+    import shutil
+    import sys
+
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.is_file() else shutil.which("mpiexec")
+
+
+def mpi_environment(threads=1):
+    """os.environ for a child ``mpiexec``: one thread per process, and no MPI variables of a parent run."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_LOCAL", "HYDRA_"))}
+    env["MINIRAN_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_mpiexec(args, n, timeout=120, cwd=None, threads=1):
+    """Run ``mpiexec -n n python args...``; returns (return code, stdout, stderr), or None on a timeout.
+
+    Started in its own process group: on a timeout the group is ended (SIGTERM,
+    then SIGKILL), so no process is left waiting for a message.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    launcher = mpiexec_path()
+    if launcher is None:
+        raise RuntimeError("no mpiexec found: install the MPI extra with `pip install -e '.[mpi]'` "
+                           "(mpi4py and the mpich wheel)")
+    proc = subprocess.Popen([launcher, "-n", str(n), sys.executable, *map(str, args)], cwd=cwd,
+                            env=mpi_environment(threads), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.communicate(timeout=5)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        return None
+    return proc.returncode, out, err
+
+
+def allreduce_script(fn, sizes=ALLREDUCE_SIZES):
+    """The script that ``mpiexec`` runs: the source of ``fn``, then the harness that calls and measures it."""
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(fn))
+    return (f"{source}\n\nFUNCTION = {fn.__name__}\nSIZES = {tuple(int(s) for s in sizes)!r}\n"
+            + _HARNESS)
+
+
+def run_allreduce(fn, n=4, sizes=ALLREDUCE_SIZES, timeout=30):
+    """Run ``fn(comm, x)`` in ``n`` processes under mpiexec on arrays of ``sizes`` values per process.
+
+    Returns ``(report, error)``: ``report`` is rank 0's dict (one row per size,
+    with every process's relative error against ``MPI.Allreduce``, bytes and
+    messages sent, whether it changed its input, a digest of its result), or
+    None with ``error``, one line saying why.
+    """
+    import json
+    import tempfile
+
+    try:
+        script = allreduce_script(fn, sizes)
+    except (OSError, TypeError) as exc:
+        return None, f"cannot read the source of {getattr(fn, '__name__', fn)!r} ({exc}): define it in a cell"
+    with tempfile.TemporaryDirectory(prefix="allreduce-") as tmp:
+        path = Path(tmp) / "allreduce.py"
+        path.write_text(script, encoding="utf-8")
+        try:
+            result = run_mpiexec([path.name], n, timeout=timeout, cwd=tmp)
+        except (RuntimeError, OSError) as exc:  # no mpiexec, or it cannot start
+            return None, str(exc)
+        reports = []
+        for name in ["report.json"] + [f"error-{r}.json" for r in range(n)]:
+            try:
+                reports.append(json.loads((Path(tmp) / name).read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+    if result is None:
+        return None, (f"no answer after {timeout} s: the processes are waiting for each other (a deadlock). "
+                      "If every process calls Send before Recv, a large message waits for its Recv forever: "
+                      "use comm.Sendrecv")
+    code, _, err = result
+    errors = [r for r in reports if "error" in r]
+    if errors:
+        e = errors[0]
+        return None, f"your code raised {e['error']} (process {e['rank']}, {e['values']} values)"
+    final = [r for r in reports if "rows" in r]
+    if code != 0 or not final:
+        lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("=")]
+        return None, f"mpiexec ended with code {code}: {lines[-1] if lines else 'no message'}"
+    return final[0], None
+
+
+def measure_allreduce(fn, n=4, sizes=ALLREDUCE_SIZES, timeout=60):
+    """Run ``fn`` under ``mpiexec -n n`` and print, per array size, its error and what each process sent."""
+    report, error = run_allreduce(fn, n, sizes, timeout)
+    if error:
+        print(error)
+        return None
+    ring = 2 * (n - 1) / n
+    print(f"{fn.__name__} on {n} processes (ring all-reduce: 2(N-1)/N = {ring:.2f} x the array per process)")
+    print(f"  {'values':>7} {'rel. error vs MPI.Allreduce':>27} {'bytes sent per process':>23} "
+          f"{'x the array':>11} {'messages':>8}  same bits everywhere")
+    for row in report["rows"]:
+        ranks, nbytes = row["ranks"], row["values"] * row["itemsize"]
+        problems = [r["problem"] for r in ranks if r["problem"]]
+        if problems:
+            print(f"  {row['values']:>7} {problems[0]}")
+            continue
+        sent = [r["bytes"] for r in ranks]
+        same = len({r["digest"] for r in ranks}) == 1
+        print(f"  {row['values']:>7} {max(r['rel'] for r in ranks):27.1e} {min(sent):>11,}..{max(sent):<11,} "
+              f"{max(sent) / nbytes:11.2f} {max(r['messages'] for r in ranks):>8}  {'yes' if same else 'no'}")
+    return report
+
+
+def _judge_ring(report, n, tol=1e-12):
+    """Print one line per array size: the sum, the same bits everywhere, the ring's traffic; True if all pass."""
+    ok = True
+    for row in report["rows"]:
+        values, ranks = row["values"], row["ranks"]
+        nbytes, tag = values * row["itemsize"], f"n={n}, {values:,} values"
+        problems = [(i, r["problem"]) for i, r in enumerate(ranks) if r["problem"]]
+        if problems:
+            print(f"  {tag}: process {problems[0][0]}: {problems[0][1]}   WRONG")
+            ok = False
+            continue
+        rel = max(r["rel"] for r in ranks)
+        faults = [] if rel < tol else ["the sum is wrong"]
+        changed = [i for i, r in enumerate(ranks) if r["input_changed"]]
+        if changed:
+            faults.append(f"process {changed[0]} changed its input x (work on a copy)")
+        if len({r["digest"] for r in ranks}) != 1:
+            faults.append("the processes hold different bits (in a ring each chunk is summed once, by one "
+                          "process, then copied: every process ends with the same bits)")
+        sent, messages = [r["bytes"] for r in ranks], max(r["messages"] for r in ranks)
+        line = f"  {tag}: relative error {rel:.1e}"
+        if values >= n:  # (with fewer values than processes some chunks are empty: no traffic rule)
+            if values % n == 0:  # every process sends exactly 2(N-1)/N x the array
+                traffic_ok = all(s == 2 * (n - 1) * nbytes // n for s in sent)
+            else:  # 2(N-1) chunks each, of at most ceil(values/N) values; every chunk sent 2(N-1) times in all
+                chunk = -(-values // n) * row["itemsize"]
+                traffic_ok = max(sent) <= 2 * (n - 1) * chunk and sum(sent) == 2 * (n - 1) * nbytes
+            if not traffic_ok or messages != 2 * (n - 1):
+                faults.append(f"a ring sends 2(N-1) = {2 * (n - 1)} messages per process, "
+                              f"{2 * (n - 1) / n:.2f} x the array in all")
+            line += (f", {messages} messages, {max(sent):,} bytes sent per process = "
+                     f"{max(sent) / nbytes:.2f} x the array (ring: {2 * (n - 1)}, {2 * (n - 1) / n:.2f} x)")
+        print(line + ("   ok" if not faults else "   WRONG"))
+        for fault in faults:
+            print(f"      {fault}")
+        ok &= not faults
+    return ok
+
+
+class _NoMessages:
+    """A stand-in communicator for a quick first call: any use of it means the function does communicate."""
+
+    rank, size = 0, 4
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 4
+
+    def __getattr__(self, name):
+        raise _Communicates
+
+
+class _Communicates(Exception):
+    pass
+
+
+@_exercise("the ring all-reduce (reduce-scatter, then all-gather) under mpiexec, against MPI.Allreduce "
+           "(relative error < 1e-12 right)", guide=False)
+def check_ring_allreduce(fn, sizes=ALLREDUCE_SIZES, processes=(4, 3), timeout=30):
+    """Check ``fn(comm, x)`` in ``mpiexec -n 4`` then ``-n 3`` processes, on arrays of 4 sizes.
+
+    For every size: the result against ``MPI.Allreduce`` (relative error below
+    1e-12), the same bits on every process, the input left unchanged, and the
+    ring's traffic: each process sends 2(N-1) messages, 2(N-1)/N times the
+    array in all (exactly, when N divides the length). A deadlock is reported
+    after ``timeout`` seconds.
+    """
+    try:  # an unsolved skeleton raises before it sends anything: no need to start mpiexec
+        fn(_NoMessages(), np.zeros(8))
+    except NotImplementedError:
+        raise
+    except Exception:  # _Communicates, or an error that the run under mpiexec reports
+        pass
+    ok = True
+    for n in processes:
+        report, error = run_allreduce(fn, n, sizes, timeout)
+        if error:
+            print(f"  n={n}: {error}   WRONG")
+            return False
+        ok &= _judge_ring(report, n)
+        if not ok:
+            break
+    return ok
