@@ -24,34 +24,11 @@ from miniran.train import cli, metrics, trainer
 from miniran.train.checkpoint import Checkpoint
 from miniran.train.trainer import TrainConfig, train
 
+from cli_helpers import TINY_ARGS, assert_one_line_error, quiet, run_cli, snapshot  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model="attention56", dataset="cifar10-sample", subset=32, test_subset=10, batch_size=8, seed=3)
-TINY_ARGS = ["--dataset", "cifar10-sample", "--subset", "32", "--test-subset", "10", "--batch-size", "8",
-             "--seed", "3", "--no-progress"]
 WAIT = 120  # seconds a test waits for a subprocess to reach a point (it takes about one)
-
-
-def quiet(*args):
-    pass
-
-
-def run_cli(*argv, timeout=300):
-    """``python -m miniran ARGV`` in a subprocess: (status, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "miniran", *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def assert_one_line_error(status, err, *needles):
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
 
 
 def copy_run(src, dest):

@@ -194,39 +194,13 @@ def test_resume_keeps_the_saved_device_unless_given(tmp_path):
 # ============================================================================ issue 10: no data loss, one clear line
 
 import errno  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from miniran import _io  # noqa: E402
 from miniran.train import trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ARGS = ["--dataset", "cifar10-sample", "--subset", "32", "--test-subset", "10", "--batch-size", "8",
-             "--seed", "3", "--no-progress"]
-
-
-def quiet(*args):
-    pass
-
-
-def run_cli(*argv, timeout=300):
-    """``python -m miniran ARGV`` in a subprocess: (status, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "miniran", *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def assert_one_line_error(status, err, *needles):
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+from cli_helpers import TINY_ARGS, assert_one_line_error, quiet, run_cli, snapshot  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -499,6 +473,19 @@ def test_demo_does_not_overwrite_an_earlier_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
     assert cli.main(["demo", "--no-progress"]) == 0 and seen["force"] is False and seen["out"] == "runs/demo"
     assert cli.main(["demo", "--no-progress", "--force"]) == 0 and seen["force"] is True
+
+
+def test_demo_ends_with_the_shipped_networks_masks(tmp_path, monkeypatch, capsys):
+    """After its run, `miniran demo` draws the pretrained Attention-56's mask channels to runs/demo/masks.png."""
+    if not models.pretrained_available():
+        pytest.skip("this copy of miniran has no pretrained weights")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer, "train", lambda config, **kw: [])  # the run itself is tested elsewhere
+    monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
+    assert cli.main(["demo", "--no-progress"]) == 0
+    png = tmp_path / "runs" / "demo" / "masks.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert f"attention masks: {os.path.join('runs', 'demo', 'masks.png')}" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- the GPU end to end
