@@ -24,7 +24,8 @@ $(NVRTC_VENV)/.stamp:
 	$(NVRTC_VENV)/bin/python -m pip install -q $(NVRTC_PKGS)
 	touch $@
 
-## make demo: train a small attention network on the embedded CIFAR-10 sample
+## make demo: train a small attention network on the embedded CIFAR-10 sample, then draw the shipped
+## model's attention masks on a few test images (runs/demo/masks.png)
 demo: $(VENV)/.stamp-base
 	$(PY) -m miniran demo --force  # runs/demo is the demo's own folder: each `make demo` starts it over
 

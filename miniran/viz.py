@@ -10,7 +10,13 @@ This is the top layer of the package: it may import everything below it.
   spatial standard deviation and spatial contrast of the masks;
   :func:`format_statistics` prints them as a table.
 * :func:`plot_masks`: the channel-mean mask of every module over the images,
-  on a fixed ``[0, 1]`` colour scale with colour bars.
+  on a fixed ``[0, 1]`` colour scale with colour bars; ``overlay=False`` draws
+  the mask alone (no photo showing through), ``overlay="contour"`` its contour
+  lines over a grey copy of the image.
+* :func:`plot_channel_masks`: single channels of the masks (the ones that vary
+  most within the images, :func:`most_varying_channels`), alone beside the
+  image: what the channel mean hides, since channels that attend to the
+  object and channels that attend to the background cancel in it.
 * :func:`plot_trunk_vs_masked`: ``T`` beside ``M`` and ``M * T`` (and
   ``(1 + M) * T``) for one module.
 * :func:`calibrate_batch_norm`: running batch-norm statistics of an untrained
@@ -50,7 +56,8 @@ __all__ = [
     "AttentionMaps", "ModuleMaps", "attention_maps", "calibrate_batch_norm", "default_normalization",
     "display_images",
     "format_statistics",
-    "mask_statistics", "plot_masks", "plot_trunk_vs_masked", "to_input",
+    "mask_statistics", "most_varying_channels", "plot_channel_masks", "plot_masks", "plot_trunk_vs_masked",
+    "to_input",
 ]
 
 _SAMPLE_NORMALIZATION = None
@@ -453,13 +460,19 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
         n: how many images (rows); default all.
         labels: a title per image (e.g. class names), optional.
         alpha: opacity of the mask over the image (``overlay=True``).
-        overlay: draw the mask over the image, else alone.
+        overlay: ``True`` draws the mask over the image, blended with it (so
+            a panel's colour is not the mask's alone: the photo shows
+            through); ``False`` draws the mask alone, each pixel the colour of
+            its mask value; ``"contour"`` draws the mask's contour lines (0.1
+            to 0.9, coloured with ``cmap``) over a grey copy of the image.
         title: the figure's title.
 
     Returns:
         The matplotlib Figure: a row per image, the image then one panel per
         module, each with a colour bar from 0 to 1.
     """
+    if not (isinstance(overlay, bool) or (isinstance(overlay, str) and overlay == "contour")):
+        raise ValueError(f"plot_masks: overlay must be True, False or 'contour', got {overlay!r}")
     modules, shown, rows = _plot_inputs("plot_masks", images, maps, n, labels)
     plt = _pyplot()
     ncols = 1 + len(modules)
@@ -471,12 +484,25 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
         for k, m in enumerate(modules):
             ax = axes[r, 1 + k]
             mask = m.mean_mask[i]
-            if overlay:
+            if overlay == "contour":
+                ax.imshow(shown[i].mean(axis=2), cmap="gray", vmin=0.0, vmax=1.0)
+                # mask pixel centres, in the image's pixel coordinates
+                ys = (np.arange(mask.shape[0]) + 0.5) * height / mask.shape[0] - 0.5
+                xs = (np.arange(mask.shape[1]) + 0.5) * width / mask.shape[1] - 0.5
+                im = ax.contour(xs, ys, mask, levels=np.linspace(0.1, 0.9, 9), cmap=cmap, vmin=0.0, vmax=1.0,
+                                linewidths=1.0)
+                ax.set_xlim(-0.5, width - 0.5)
+                ax.set_ylim(height - 0.5, -0.5)
+            elif overlay:
                 ax.imshow(shown[i])
                 im = ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="bilinear",
                                extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             else:
-                im = ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0)
+                im = ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            if overlay == "contour":  # a colour bar of the [0, 1] scale, not of the contour levels only
+                import matplotlib as mpl
+
+                im = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=cmap)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
             if r == 0:
                 ax.set_title(f"stage {m.stage}: mean mask\n{mask.shape[0]}x{mask.shape[1]}, "
@@ -487,6 +513,62 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def most_varying_channels(m: ModuleMaps, k=3, rows=None):
+    """The ``k`` channels of one module's mask that vary most within the images, most varying first.
+
+    A channel's score is its spatial variance (over the positions of one image),
+    averaged over the images ``rows`` (default all). A channel with a high score
+    separates some parts of the image from others; a nearly flat channel
+    (score near 0) lets the whole feature map through alike.
+    """
+    k = _count("most_varying_channels", "k", k)
+    mask = m.mask if rows is None else m.mask[rows]
+    score = mask.astype(np.float64).var(axis=(2, 3)).mean(axis=0)
+    return [int(c) for c in np.argsort(-score, kind="stable")[:min(k, score.shape[0])]]
+
+
+def plot_channel_masks(images, maps, channels=3, n=None, labels=None, cmap="jet", title=None):
+    """Single mask channels of every module, alone (no overlay) beside each image, scale fixed to [0, 1].
+
+    Args:
+        images: as in :func:`plot_masks` (None: ``maps.images``).
+        maps: an :class:`AttentionMaps`.
+        channels: how many channels per module: the ones that vary most within
+            the images shown (:func:`most_varying_channels`); the same channels
+            in every row, so that a column is one channel.
+        n: how many images (rows); default all.
+        labels: a title per image, optional.
+
+    Each mask panel is the mask alone, pixel by pixel (nearest, no blending
+    with the photo): one colour is one mask value. A channel may be high on
+    the object or on the background; both are learned attention. Returns the
+    Figure, with one colour bar from 0 to 1.
+    """
+    _count("plot_channel_masks", "channels", channels)
+    modules, shown, rows = _plot_inputs("plot_channel_masks", images, maps, n, labels)
+    plt = _pyplot()
+    picked = [(m, c) for m in modules for c in most_varying_channels(m, channels, rows)]
+    ncols = 1 + len(picked)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.55 * ncols + 0.9, 1.7 * len(rows) + 0.5),
+                             squeeze=False)
+    im = None
+    for r, i in enumerate(rows):
+        axes[r, 0].imshow(shown[i])
+        axes[r, 0].set_title(labels[i] if labels is not None else f"image {i}", fontsize=9)
+        for k, (m, c) in enumerate(picked):
+            ax = axes[r, 1 + k]
+            im = ax.imshow(m.mask[i, c], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"stage {m.stage}\nchannel {c}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "single mask channels (the most varying of each stage), alone: one colour = one value")
+    fig.tight_layout(rect=(0.0, 0.0, 0.97, 1.0))  # room for the colour bar's labels
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=[0, 0.5, 1])
     return fig
 
 

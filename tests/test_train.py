@@ -471,6 +471,7 @@ def test_demo_does_not_overwrite_an_earlier_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(trainer, "train", lambda config, **kw: seen.update(kw, out=config.out) or [])
     monkeypatch.setattr("miniran.train.plot.plot_curves", lambda out: "curves.png")
+    monkeypatch.setattr(cli, "_demo_masks", lambda out: None)  # the masks: the next test
     assert cli.main(["demo", "--no-progress"]) == 0 and seen["force"] is False and seen["out"] == "runs/demo"
     assert cli.main(["demo", "--no-progress", "--force"]) == 0 and seen["force"] is True
 

@@ -159,6 +159,93 @@ def test_plot_masks_fixed_scale_and_colour_bars(images, maps):
     plt.close(fig)
 
 
+def _panel_pixels(fig, ax, shape):
+    """The rendered RGB (0-1) at the centre of each cell of an ``shape`` (H, W) map drawn in ``ax``."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    height, width = shape
+    box = ax.get_window_extent()
+    out = np.zeros((height, width, 3))
+    for i in range(height):
+        for j in range(width):
+            x = box.x0 + (j + 0.5) * box.width / width
+            y = box.y1 - (i + 0.5) * box.height / height  # display y grows upwards
+            out[i, j] = rgba[rgba.shape[0] - 1 - int(y), int(x), :3] / 255.0
+    return out
+
+
+def _colours(values, cmap="jet"):
+    return plt.get_cmap(cmap)(np.clip(values, 0.0, 1.0))[..., :3]
+
+
+def test_plot_masks_without_overlay_shows_the_mask_alone(maps):
+    """overlay=False: each pixel of a mask panel is the colour of its mask value, no photo in it;
+    overlay=True (the default) blends the photo in, so the colours differ from the mask's."""
+    stage3 = maps[2].mean_mask[0]  # 8x8: large cells to sample
+    for overlay in (False, True):
+        fig = viz.plot_masks(None, maps, n=1, overlay=overlay)
+        ax = fig.axes[3]  # the image, stage 1, stage 2, stage 3 panels come first (then the colour bars)
+        assert len(ax.get_images()) == (1 if overlay is False else 2)
+        error = np.abs(_panel_pixels(fig, ax, stage3.shape) - _colours(stage3)).max()
+        if overlay is False:
+            assert error < 3 / 255
+        else:
+            assert error > 0.05
+        plt.close(fig)
+
+
+def test_plot_masks_contour_on_grey(maps):
+    fig = viz.plot_masks(None, maps, n=2, overlay="contour")
+    panels = [fig.axes[k] for k in range(len(fig.axes)) if fig.axes[k].get_label() != "<colorbar>"]
+    assert len(panels) == 2 * 4
+    for r in range(2):
+        for ax in panels[4 * r + 1: 4 * r + 4]:
+            (grey,) = ax.get_images()
+            assert grey.get_cmap().name == "gray" and grey.get_array().ndim == 2  # the photo, grey, no mask colour
+            np.testing.assert_allclose(grey.get_array(), maps.images[r].mean(axis=2))
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 2 * 3 and all(cb.get_ylim() == (0.0, 1.0) for cb in colorbars)
+    plt.close(fig)
+    with pytest.raises(ValueError) as info:
+        viz.plot_masks(None, maps, overlay="yes")
+    _one_line(info, "plot_masks:", "overlay", "'contour'", "got 'yes'")
+
+
+def test_most_varying_channels():
+    mask = np.full((2, 4, 3, 3), 0.5, np.float32)
+    mask[:, 2, 0, 0] = 1.0                  # channel 2 varies most, then 0, then 3; 1 is flat
+    mask[:, 0, 0, 0] = 0.8
+    mask[0, 3, 0, 0] = 0.7
+    m = viz.ModuleMaps("x", 1, mask, np.zeros_like(mask), True)
+    assert viz.most_varying_channels(m, 3) == [2, 0, 3]
+    assert viz.most_varying_channels(m, 10) == [2, 0, 3, 1]
+    assert viz.most_varying_channels(m, 1, rows=[1]) == [2]
+
+
+def test_plot_channel_masks(maps):
+    """One column per picked channel (the most varying of each stage), each panel the mask alone."""
+    labels = ["a", "b", "c"]
+    fig = viz.plot_channel_masks(None, maps, channels=2, n=2, labels=labels)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * (1 + 3 * 2)
+    picked = [(m, c) for m in maps for c in viz.most_varying_channels(m, 2, [0, 1])]
+    for r in range(2):
+        for k, (m, c) in enumerate(picked):
+            (im,) = panels[r * 7 + 1 + k].get_images()  # the mask alone: one image in the panel
+            assert im.get_clim() == (0.0, 1.0)
+            np.testing.assert_array_equal(im.get_array(), m.mask[r, c])
+    m, c = picked[-1]  # stage 3, 8x8: its rendered colours are the colormap of the mask values
+    error = np.abs(_panel_pixels(fig, panels[len(picked)], (8, 8)) - _colours(m.mask[0, c])).max()
+    assert error < 3 / 255
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 1 and colorbars[0].get_ylim() == (0.0, 1.0)
+    plt.close(fig)
+    with pytest.raises(ValueError) as info:
+        viz.plot_channel_masks(None, maps, channels=0)
+    _one_line(info, "plot_channel_masks:", "channels", ">= 1", "got 0")
+    assert not plt.get_fignums()
+
+
 def test_plot_trunk_vs_masked(maps):
     fig = viz.plot_trunk_vs_masked(None, maps, module=1, n=2)
     assert len(fig.axes) == 2 * 5 + 2 * 4  # image + T, M, M·T, (1+M)·T per row, a colour bar each
@@ -273,7 +360,7 @@ def test_48x48_pixels_need_their_own_normalization(net):
 
 
 def test_plots_refuse_labels_and_counts_that_do_not_fit(images, maps):
-    for plot in (viz.plot_masks, viz.plot_trunk_vs_masked):
+    for plot in (viz.plot_masks, viz.plot_trunk_vs_masked, viz.plot_channel_masks):
         name = plot.__name__
         with pytest.raises(ValueError) as info:
             plot(None, maps, labels=["cat"])
