@@ -450,6 +450,28 @@ def _plot_inputs(fname, images, maps, n, labels):
     return modules, shown, _indices(count, n)
 
 
+def _draw_mask_panel(ax, image, mask, overlay, alpha, cmap):
+    """One mask panel of :func:`plot_masks` (see its ``overlay``); returns what its colour bar shows."""
+    height, width = image.shape[:2]
+    if overlay == "contour":
+        import matplotlib as mpl
+
+        ax.imshow(image.mean(axis=2), cmap="gray", vmin=0.0, vmax=1.0)
+        # mask pixel centres, in the image's pixel coordinates
+        ys = (np.arange(mask.shape[0]) + 0.5) * height / mask.shape[0] - 0.5
+        xs = (np.arange(mask.shape[1]) + 0.5) * width / mask.shape[1] - 0.5
+        ax.contour(xs, ys, mask, levels=np.linspace(0.1, 0.9, 9), cmap=cmap, vmin=0.0, vmax=1.0, linewidths=1.0)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        # a colour bar of the [0, 1] scale, not of the contour levels only
+        return mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=cmap)
+    if overlay:
+        ax.imshow(image)
+        return ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="bilinear",
+                         extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    return ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+
+
 def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overlay=True, title=None):
     """The channel-mean mask of every attention module over each image, colour scale fixed to [0, 1].
 
@@ -477,32 +499,13 @@ def plot_masks(images, maps, n=None, labels=None, alpha=0.55, cmap="jet", overla
     plt = _pyplot()
     ncols = 1 + len(modules)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(2.3 * ncols + 0.6, 2.15 * len(rows)), squeeze=False)
-    height, width = shown.shape[1:3]
     for r, i in enumerate(rows):
         axes[r, 0].imshow(shown[i])
         axes[r, 0].set_title(labels[i] if labels is not None else f"image {i}", fontsize=9)
         for k, m in enumerate(modules):
             ax = axes[r, 1 + k]
             mask = m.mean_mask[i]
-            if overlay == "contour":
-                ax.imshow(shown[i].mean(axis=2), cmap="gray", vmin=0.0, vmax=1.0)
-                # mask pixel centres, in the image's pixel coordinates
-                ys = (np.arange(mask.shape[0]) + 0.5) * height / mask.shape[0] - 0.5
-                xs = (np.arange(mask.shape[1]) + 0.5) * width / mask.shape[1] - 0.5
-                im = ax.contour(xs, ys, mask, levels=np.linspace(0.1, 0.9, 9), cmap=cmap, vmin=0.0, vmax=1.0,
-                                linewidths=1.0)
-                ax.set_xlim(-0.5, width - 0.5)
-                ax.set_ylim(height - 0.5, -0.5)
-            elif overlay:
-                ax.imshow(shown[i])
-                im = ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="bilinear",
-                               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-            else:
-                im = ax.imshow(mask, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            if overlay == "contour":  # a colour bar of the [0, 1] scale, not of the contour levels only
-                import matplotlib as mpl
-
-                im = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=cmap)
+            im = _draw_mask_panel(ax, shown[i], mask, overlay, alpha, cmap)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
             if r == 0:
                 ax.set_title(f"stage {m.stage}: mean mask\n{mask.shape[0]}x{mask.shape[1]}, "

@@ -130,3 +130,39 @@ def test_normalisation_gradchecks_catch_a_backward_that_ignores_the_coupling(rng
     x = rng.standard_normal((1, 4, 2, 2))
     with pytest.raises(miniran.GradcheckError):
         miniran.gradcheck(lambda t: Wrong()(t), [x])
+
+
+# --------------------------------------------------------------------------- exercise 2 of 07 is not given away
+
+
+def _code_cells(name):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(TUTORIALS / name, as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def test_attention_forward_source_is_shown_only_after_its_check():
+    """06 and 07 draw Fig. 2 instead of printing the forward passes that 07's exercise 2 asks for."""
+    for name in ("06_soft_mask_branch.ipynb", "07_attention_residual_learning.ipynb"):
+        cells = _code_cells(name)
+        check = next((i for i, s in enumerate(cells) if "check_attention_forward(my_attention_forward)" in s),
+                     len(cells))
+        for i, s in enumerate(cells[:check + 1]):
+            assert "getsource" not in s, f"{name}: code cell {i} prints library source before the check"
+    cells = _code_cells("07_attention_residual_learning.ipynb")
+    check = next(i for i, s in enumerate(cells) if "check_attention_forward(my_attention_forward)" in s)
+    reveal = cells[check + 1]
+    assert "if passed:" in reveal and "getsource(AttentionModule.forward)" in reveal
+    assert any("diagrams.attention_module" in s for s in cells[:check])
+
+
+def test_no_heading_marker_inside_a_line():
+    """A '###' in the middle of a markdown line renders as text, not as a heading."""
+    nbformat = pytest.importorskip("nbformat")
+    for name in ("04_batchnorm_pooling_interpolation.ipynb", "06_soft_mask_branch.ipynb",
+                 "07_attention_residual_learning.ipynb"):
+        nb = nbformat.read(TUTORIALS / name, as_version=4)
+        for c in nb.cells:
+            if c.cell_type == "markdown":
+                for line in c.source.splitlines():
+                    assert " ### " not in line and not line.rstrip().endswith(" ###"), f"{name}: {line[:80]}"

@@ -349,6 +349,26 @@ def test_wrong_depth_fails(wrong, capsys):
     assert "WRONG" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("wrong", [
+    lambda m, p=1, t=2: 18 * m * t + 20,                  # right whenever t = 2p, as in every paper network
+    lambda m, p=1, t=2: 12 * m * (p + t) + 20,            # the same
+])
+def test_depth_formulas_right_only_for_t_equal_2p_fail(wrong, capsys):
+    for (m, p, t), d in checks.PAPER_DEPTHS.values():     # they agree with every paper depth ...
+        assert wrong(m, p, t) == d
+    assert checks.check_depth(wrong) is False             # ... and the cases with t != 2p catch them
+    out = capsys.readouterr().out
+    assert "t != 2p" in out and "WRONG" in out
+
+
+def test_depth_extra_cases_are_counted_not_computed():
+    for m, p, t in checks.DEPTH_EXTRA_CASES:
+        assert t != 2 * p
+        net = checks.models.ResidualAttentionNetwork("cifar", (8, 8, 8), (m, m, m), (1, 1, 1), p=p, t=t,
+                                                      num_classes=10)
+        assert checks.count_trunk_layers(net) == depth(m, p, t)
+
+
 def test_count_trunk_layers_matches_the_paper():
     from miniran import models
 

@@ -7,7 +7,9 @@ Every checker prints one line per case with the **relative error**
 
     rel = max|got - expected| / max(max|got|, max|expected|, 1e-12),
 
-the measure the CS231n assignments print. How to read it, in float64:
+one number for the whole array: the largest difference, relative to the
+largest value (not an element-wise relative error, which blows up wherever
+both values are near 0). How to read it, in float64:
 
 * below 1e-7: right (rounding alone gives about 1e-16 to 1e-10);
 * between 1e-7 and 1e-3: suspicious, look at the case;
@@ -411,11 +413,12 @@ PAPER_DEPTHS = {  # name: (m, p, t), paper depth (section 4.1, Table 6)
     "Attention-164": ((4, 1, 2), 164),
     "Attention-452": ((6, 2, 4), 452),
 }
+DEPTH_EXTRA_CASES = ((1, 1, 1), (1, 1, 3), (2, 2, 1))   # (m, p, t) with t != 2p, counted in built networks
 
 
 @_exercise("depth(m, p, t) of the CIFAR attention networks, against the paper and miniran.models", guide=False)
 def check_depth(fn):
-    """Check ``fn(m, p=1, t=2)`` against the paper's depths and layers counted in built networks."""
+    """Check ``fn(m, p, t)`` against the paper's depths and layers counted in built networks (also t != 2p)."""
     ok = True
     for name, ((m, p, t), depth) in PAPER_DEPTHS.items():
         good, d = _run(name, fn, m, p, t)
@@ -432,6 +435,16 @@ def check_depth(fn):
         good, d = _run(builder.__name__, fn, m, 1, 2)
         verdict = "ok" if good and d == counted else "WRONG"
         print(f"  models.{builder.__name__}(): {counted} weighted layers counted in the network, yours {d}   {verdict}")
+        ok &= good and d == counted
+    # every paper network has t = 2p, where 9m(2p + t), 18mt and 12m(p + t) agree: count networks with t != 2p
+    for m, p, t in DEPTH_EXTRA_CASES:
+        net = models.ResidualAttentionNetwork("cifar", (8, 8, 8), (m, m, m), (1, 1, 1), p=p, t=t, r=1,
+                                              num_classes=10, seed=0)
+        counted = count_trunk_layers(net)
+        good, d = _run(f"m={m}, p={p}, t={t}", fn, m, p, t)
+        verdict = "ok" if good and d == counted else "WRONG"
+        print(f"  m={m}, p={p}, t={t} (t != 2p): {counted} weighted layers counted in a built network, "
+              f"yours {d}   {verdict}")
         ok &= good and d == counted
     return ok
 
