@@ -4,8 +4,9 @@ Layers of the package, each importing only from those above it in this list:
 
 * :mod:`miniran.backend`: NumPy/CuPy selection (``get_array_module``); beside it
   :mod:`miniran._io`, safe file writing (atomic writes, untearable appends).
-* :mod:`miniran.threads` (miniran's CPU threads, the BLAS thread hold) and
-  :mod:`miniran.kernels` (the declarations of the fused GPU kernels).
+* :mod:`miniran.threads` (miniran's CPU threads, the BLAS thread hold),
+  :mod:`miniran.kernels` (the declarations of the fused GPU kernels) and
+  :mod:`miniran.distributed` (the processes of a data-parallel run: MPI, NCCL).
 * :mod:`miniran.autograd`: ``Tensor``, ``Function``, the graph walk (``autograd.graph``), ``gradcheck``.
 * :mod:`miniran.functional`: differentiable operations (conv, batch norm, ...),
   each the readable reference algorithm: the textbook.
@@ -13,8 +14,9 @@ Layers of the package, each importing only from those above it in this list:
   fused CUDA kernels), chosen at one dispatch point: the engine.
 * :mod:`miniran.nn`: modules and layers.
 * :mod:`miniran.models`: residual units, the attention module, the networks.
-* :mod:`miniran.optim`, :mod:`miniran.data`, :mod:`miniran.train`: training.
+* :mod:`miniran.optim`, :mod:`miniran.data`: optimisers and schedules; datasets and the loader.
 * :mod:`miniran.viz`: masks and features of the attention modules, as arrays and pictures.
+* :mod:`miniran.train`: the training command (its demo draws masks with ``viz``).
 
 ``tests/test_layers.py`` checks this rule on every module.
 """

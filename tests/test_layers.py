@@ -1,6 +1,7 @@
 """The import rule of the package: each layer imports only from the layers below it.
 
-    backend, _io -> autograd -> functional -> nn -> models -> optim | data -> train, viz, diagrams
+    backend, _io -> threads, kernels, distributed -> autograd -> functional -> fast -> nn -> models
+    -> optim | data -> viz, diagrams -> train
 
 (``optim`` and ``data`` share a level and do not import each other.) The test
 reads every module's imports from its syntax tree, so an import inside a
@@ -16,7 +17,7 @@ import miniran
 PACKAGE = Path(miniran.__file__).parent
 LEVELS = [("backend", "_io"), ("threads", "kernels", "distributed"), ("autograd",), ("functional",), ("fast",), ("nn",),
           ("models",), ("optim", "data"),
-          ("train", "viz", "diagrams")]
+          ("viz", "diagrams"), ("train",)]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 
 
