@@ -575,6 +575,19 @@ def _write_or_explain(run: _Run, write, path, *args):
                           f"{_kept(run)} Free some space (or fix the folder) and continue with --resume") from exc
 
 
+def _record_row(run: _Run, row: dict) -> bool:
+    """Add the epoch's row to the history; True when it replaced the last row (same epoch).
+
+    The end of an epoch stopped half way by --max-steps, then resumed: its row
+    is replaced, not repeated.
+    """
+    if run.history and run.history[-1]["epoch"] == row["epoch"]:
+        run.history[-1] = row
+        return True
+    run.history.append(row)
+    return False
+
+
 def _save_epoch(run: _Run, row: dict) -> None:
     """Step 4: the metrics line first, then the checkpoint (atomic), so a crash between them redoes the epoch.
 
@@ -583,20 +596,14 @@ def _save_epoch(run: _Run, row: dict) -> None:
     ``metrics.jsonl`` is removed again, so the same command can start over.
     """
     if not run.comm.is_root:  # rank 0 writes the run's files; the others keep the history
-        if run.history and run.history[-1]["epoch"] == row["epoch"]:
-            run.history[-1] = row
-        else:
-            run.history.append(row)
+        _record_row(run, row)
         run.saved_step = run.step
         return
     take_back = run.saved_step is None and not os.path.exists(run.metrics_path)
     try:
-        if run.history and run.history[-1]["epoch"] == row["epoch"]:
-            # the end of an epoch stopped half way by --max-steps: its row is replaced, not repeated
-            run.history[-1] = row
+        if _record_row(run, row):
             _write_or_explain(run, write_metrics, run.metrics_path, run.history)
         else:
-            run.history.append(row)
             _write_or_explain(run, append_metrics, run.metrics_path, row)
         _write_or_explain(run, lambda path: save_checkpoint(
             path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
