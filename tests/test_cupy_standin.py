@@ -340,8 +340,12 @@ class TestKernels:
             k((1,), (4,), (labels, np.int32(7), np.zeros(4, np.float32)))
 
     def test_unsupported_cuda_is_loud(self):
+        # a RawKernel's barrier and shared memory are simulated (tests/test_standin_barriers.py);
+        # warp shuffles are not, nor barriers in the generated kernels
+        with pytest.raises(NotImplementedError, match="warp shuffles"):
+            cp.RawKernel('extern "C" __global__ void f(float* x) { x[0] = __shfl_sync(~0u, x[0], 1); }', "f")
         with pytest.raises(NotImplementedError, match="__syncthreads"):
-            cp.RawKernel('extern "C" __global__ void f(float* x) { __syncthreads(); }', "f")
+            cp.ElementwiseKernel("T x", "T y", "__syncthreads(); y = x;", "standin_sync")
 
     def test_compile_errors_are_reported(self, tmp_path, monkeypatch):
         monkeypatch.setenv("MINIRAN_STANDIN_CACHE", str(tmp_path))

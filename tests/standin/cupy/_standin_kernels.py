@@ -91,6 +91,67 @@ struct _StandinIndexer { ptrdiff_t _n; ptrdiff_t size() const { return _n; } };
 
 _FORBIDDEN = {"__syncthreads": "__syncthreads()", "__shared__": "__shared__ memory",
               "__shfl": "warp shuffles", "cooperative_groups": "cooperative groups"}
+# a RawKernel's block barrier and shared memory are simulated (see _RAW_PRELUDE); warp-level
+# operations are not
+_RAW_FORBIDDEN = {k: v for k, v in _FORBIDDEN.items() if k not in ("__syncthreads", "__shared__")}
+
+# RawKernel only. __shared__ memory: one copy per program (blocks run one after the other),
+# in a section of its own that is filled with garbage (0xff bytes: NaN, -1) as each block
+# starts, since CUDA leaves shared memory uninitialised. __syncthreads(): each thread of
+# the block is a fiber (its own stack) that runs until it reaches a barrier; when every thread
+# waits at the same barrier (the same source line) they all go on. A barrier some threads
+# skip (they exit, or wait at another line) is an error here; on a GPU it hangs or
+# corrupts the block's data.
+_RAW_PRELUDE = r"""
+#define __shared__ __attribute__((section("_standin_shared"))) static
+extern char __start__standin_shared[] __attribute__((weak));
+extern char __stop__standin_shared[] __attribute__((weak));
+static int _standin_state[1024], _standin_line[1024];  // state: 0 runs, 1 waits at a barrier, 2 done
+static unsigned _standin_cur;
+static void _standin_entry();
+#if defined(__x86_64__)
+// a fiber switch: the callee-saved registers and the FPU control words on the old stack,
+// then the new stack (glibc's swapcontext would make a system call each time)
+extern "C" __attribute__((visibility("hidden"))) void _standin_switch(void** save_sp, void* to_sp);
+asm(".text\n.globl _standin_switch\n.hidden _standin_switch\n.type _standin_switch,@function\n"
+    "_standin_switch:\n pushq %rbp\n pushq %rbx\n pushq %r12\n pushq %r13\n pushq %r14\n pushq %r15\n"
+    " subq $8, %rsp\n stmxcsr (%rsp)\n fnstcw 4(%rsp)\n movq %rsp, (%rdi)\n movq %rsi, %rsp\n"
+    " ldmxcsr (%rsp)\n fldcw 4(%rsp)\n addq $8, %rsp\n"
+    " popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n ret\n");
+static void* _standin_sched_sp;
+static void* _standin_sp[1024];
+static void _standin_to_sched() { _standin_switch(&_standin_sp[_standin_cur], _standin_sched_sp); }
+static void _standin_to_fiber(unsigned t) { _standin_switch(&_standin_sched_sp, _standin_sp[t]); }
+static void _standin_fiber_main() { _standin_entry(); _standin_to_sched(); __builtin_trap(); }
+static void _standin_make_fiber(unsigned t, char* stack, size_t size) {
+    unsigned long long* sp = (unsigned long long*)(((uintptr_t)(stack + size) & ~(uintptr_t)15) - 72);
+    unsigned int csr[2]; asm volatile("stmxcsr %0\n fnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
+    memcpy(sp, csr, 8);
+    for (int k = 1; k <= 6; ++k) sp[k] = 0;  // r15 r14 r13 r12 rbx rbp
+    sp[7] = (unsigned long long)(uintptr_t)&_standin_fiber_main; sp[8] = 0;
+    _standin_sp[t] = sp;
+}
+#else
+#include <ucontext.h>
+static ucontext_t _standin_sched, _standin_ctx[1024];
+static void _standin_to_sched() { swapcontext(&_standin_ctx[_standin_cur], &_standin_sched); }
+static void _standin_to_fiber(unsigned t) { swapcontext(&_standin_sched, &_standin_ctx[t]); }
+static void _standin_make_fiber(unsigned t, char* stack, size_t size) {
+    getcontext(&_standin_ctx[t]);
+    _standin_ctx[t].uc_stack.ss_sp = stack; _standin_ctx[t].uc_stack.ss_size = size;
+    _standin_ctx[t].uc_link = &_standin_sched;
+    makecontext(&_standin_ctx[t], _standin_entry, 0);
+}
+#endif
+static void _standin_sync(int line) {
+    _standin_state[_standin_cur] = 1; _standin_line[_standin_cur] = line;
+    _standin_to_sched();
+}
+#define __syncthreads() _standin_sync(__LINE__)
+static void _standin_poison_shared() {
+    if (__start__standin_shared) memset(__start__standin_shared, 0xff, __stop__standin_shared - __start__standin_shared);
+}
+"""
 
 
 def _cache_dir() -> str:
@@ -104,8 +165,8 @@ _loaded: dict[str, ctypes.CDLL] = {}
 compile_count = 0  # compilations run by this process (the tests check the cache)
 
 
-def _check_supported(code: str, name: str) -> None:
-    for token, what in _FORBIDDEN.items():
+def _check_supported(code: str, name: str, forbidden=_FORBIDDEN) -> None:
+    for token, what in forbidden.items():
         if token in code:
             raise NotImplementedError(
                 f"cupy stand-in: kernel {name!r} uses {what}; the CPU stand-in runs one "
@@ -542,13 +603,54 @@ class ReductionKernel:
 _SIG = r'(?:extern\s+"C"\s+)?__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?{name}\s*\(([^)]*)\)'
 
 
+# One block of a RawKernel that uses __syncthreads(): every thread a fiber; the threads run in
+# index order, each up to its next barrier, and the block goes on when all wait at the same one.
+_FIBER_BLOCK = r"""
+    const unsigned n = bx * by * bz;
+    static char* stacks = nullptr;
+    const size_t stack_size = 64 * 1024;
+    if (!stacks) stacks = (char*)malloc(1024 * stack_size);
+    for (unsigned t = 0; t < n; ++t) {
+      _standin_make_fiber(t, stacks + t * stack_size, stack_size);
+      _standin_state[t] = 0;
+    }
+    for (long long phase = 0;; ++phase) {
+      unsigned waiting = 0, done = 0;
+      for (unsigned t = 0; t < n; ++t) {
+        if (_standin_state[t] == 2) { ++done; continue; }
+        _standin_state[t] = 0; _standin_cur = t;
+        threadIdx = {t % bx, (t / bx) % by, t / (bx * by)};
+        _standin_to_fiber(t);
+        if (_standin_state[t] == 2) ++done; else ++waiting;
+      }
+      if (waiting == 0) break;
+      int first = -1;
+      for (unsigned t = 0; t < n; ++t) {
+        if (_standin_state[t] != 1) continue;
+        if (first < 0) first = (int)t;
+        if (_standin_line[t] != _standin_line[first]) {  // two barriers at once
+          info[0] = x + gx * (y + gy * z); info[1] = first; info[2] = _standin_line[first]; info[3] = t; info[4] = _standin_line[t];
+          return 2;
+        }
+      }
+      if (done > 0) {  // some threads left, the others wait for them
+        info[0] = x + gx * (y + gy * z); info[1] = first; info[2] = _standin_line[first]; info[3] = waiting; info[4] = done;
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+"""
+
+
 class RawKernel:
     """Full CUDA C kernel; ``kern(grid, block, args, shared_mem=0)`` runs every thread in turn."""
 
     def __init__(self, code, name, options=(), backend="nvrtc", translate_cucomplex=False,
                  enable_cooperative_groups=False, jitify=False):
         self.code, self.name, self.options, self.backend = code, name, options, backend
-        _check_supported(code, name)
+        _check_supported(code, name, _RAW_FORBIDDEN)
         m = re.search(_SIG.format(name=re.escape(name)), code)
         if m is None:
             raise ValueError(f"cupy stand-in: no `__global__ void {name}(...)` in the code")
@@ -561,14 +663,20 @@ class RawKernel:
 
     def _source(self) -> str:
         calls = ", ".join(f"*({c}*)_args[{k}]" for k, (c, _, _) in enumerate(self.params))
-        return (_PRELUDE + self.code + "\n"
-                + 'extern "C" void _standin_launch(void** _args, unsigned gx, unsigned gy, unsigned gz,'
-                + " unsigned bx, unsigned by, unsigned bz) {\n"
-                + "  gridDim = {gx, gy, gz}; blockDim = {bx, by, bz};\n"
-                + "  for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x)\n"
-                + "  for (unsigned tz = 0; tz < bz; ++tz) for (unsigned ty = 0; ty < by; ++ty) for (unsigned tx = 0; tx < bx; ++tx) {\n"
-                + "    blockIdx = {x, y, z}; threadIdx = {tx, ty, tz};\n"
-                + f"    {self.name}({calls});\n  }}\n}}\n")
+        head = (_PRELUDE + _RAW_PRELUDE + '#line 1 "kernel source"\n' + self.code + "\n"
+                + "static void** _args;\n"
+                + 'extern "C" int _standin_launch(void** args, unsigned gx, unsigned gy, unsigned gz,'
+                + " unsigned bx, unsigned by, unsigned bz, long long* info) {\n"
+                + "  _args = args; gridDim = {gx, gy, gz}; blockDim = {bx, by, bz};\n"
+                + "  for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {\n"
+                + "    blockIdx = {x, y, z}; _standin_poison_shared();\n")
+        if "__syncthreads" not in self.code:  # one thread after the other
+            head = head.replace("static void** _args;\n", "static void** _args;\nstatic void _standin_entry() {}\n")
+            return (head + "  for (unsigned tz = 0; tz < bz; ++tz) for (unsigned ty = 0; ty < by; ++ty)"
+                    + " for (unsigned tx = 0; tx < bx; ++tx) {\n"
+                    + f"    threadIdx = {{tx, ty, tz}};\n    {self.name}({calls});\n  }}\n  }}\n  return 0;\n}}\n")
+        entry = f"static void _standin_entry() {{ {self.name}({calls}); _standin_state[_standin_cur] = 2; }}\n"
+        return head.replace("static void** _args;\n", "static void** _args;\n" + entry) + _FIBER_BLOCK
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
         from cupy import ndarray
@@ -611,13 +719,27 @@ class RawKernel:
             keep.append(cell)
             ptrs.append(cell.ctypes.data)
         fn = self._lib._standin_launch
-        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6
-        fn((ctypes.c_void_p * max(1, len(ptrs)))(*ptrs), *grid, *block)
+        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [ctypes.c_void_p]
+        info = (ctypes.c_longlong * 5)()
+        status = fn((ctypes.c_void_p * max(1, len(ptrs)))(*ptrs), *grid, *block, info)
+        if status:
+            _barrier_error(self.name, status, list(info))
         _ctl.launch(self.name)
 
     @property
     def attributes(self):
         return {"max_threads_per_block": 1024}
+
+
+def _barrier_error(name, status, info):
+    block, first, line, other, other_line = info
+    if status == 2:
+        what = (f"thread {first} waits at __syncthreads() on line {line}, thread {other} at the one on "
+                f"line {other_line}")
+    else:
+        what = f"{other} threads wait at __syncthreads() on line {line} for {other_line} threads that have exited"
+    raise RuntimeError(f"cupy stand-in: kernel {name!r}, block {block}: {what}; on a GPU the block "
+                       "hangs or reads data not yet written (every thread must reach the same barriers)")
 
 
 _C_SIZES = {"float": 4, "double": 8, "int": 4, "unsigned int": 4, "unsigned": 4, "long long": 8,
