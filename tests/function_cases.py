@@ -628,6 +628,12 @@ BATCH_NORM_CASES = [
     _batch_norm("batch_norm_relu eval 4-D", (4, 3, 5, 5), False, relu=True),
     _batch_norm("batch_norm_relu training 2-D", (6, 5), True, relu=True),
     _batch_norm("batch_norm_relu eval 2-D", (6, 5), False, relu=True),
+    # channels of more than 16384 values (36*23*21 = 17388): BatchNormGPU's two-stage kernels,
+    # 5 blocks per channel, the last one short (no gradient check: too many elements)
+    _batch_norm("batch_norm training 4-D two-stage channels", (36, 2, 23, 21), True, gradcheck=None),
+    _batch_norm("batch_norm_relu training 4-D two-stage channels big mean", (36, 2, 23, 21), True, relu=True,
+                offset=300.0, gradcheck=None, **BIG_MEAN_TOL),
+    _batch_norm("batch_norm_relu eval 4-D two-stage channels", (36, 2, 23, 21), False, relu=True, gradcheck=None),
 ]
 
 
@@ -715,6 +721,18 @@ def _labels(n, k):
     return lambda rng: (rng.standard_normal((n, k)) * 3, rng.integers(0, k, size=n))
 
 
+def naive_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Cross-entropy against the smoothed target, one example and one class at a time."""
+    n, k = logits.shape
+    total = 0.0
+    for i in range(n):
+        log_z = np.log(sum(np.exp(v) for v in logits[i]))
+        for j in range(k):
+            target = (1 - label_smoothing) * (j == labels[i]) + label_smoothing / k
+            total -= target * (logits[i, j] - log_z)
+    return np.array(total / n)
+
+
 OTHER_CASES = [
     Case("interpolate_bilinear up, align_corners", F.interpolate_bilinear, InterpolateBilinear,
          normal((2, 3, 4, 5)), {"size": (8, 9), "align_corners": True}, oracle=naive_bilinear,
@@ -722,8 +740,12 @@ OTHER_CASES = [
     Case("interpolate_bilinear down, half-pixel", F.interpolate_bilinear, InterpolateBilinear,
          normal((2, 3, 9, 7)), {"size": (4, 5), "align_corners": False}, oracle=naive_bilinear,
          torch=_torch_bilinear),
-    Case("cross_entropy", F.cross_entropy, CrossEntropy, _labels(7, 5),
+    Case("cross_entropy", F.cross_entropy, CrossEntropy, _labels(7, 5), oracle=naive_cross_entropy,
          torch=lambda torch, logits, labels: torch.nn.functional.cross_entropy(logits, labels)),
+    Case("cross_entropy, label smoothing", F.cross_entropy, CrossEntropy, _labels(7, 5),
+         {"label_smoothing": 0.1}, oracle=naive_cross_entropy,
+         torch=lambda torch, logits, labels, label_smoothing: torch.nn.functional.cross_entropy(
+             logits, labels, label_smoothing=label_smoothing)),
     Case("spatial_sigmoid", F.spatial_sigmoid, SpatialSigmoid, normal((3, 4, 5, 6), scale=2.0, offset=1.0),
          {"eps": 1e-5},
          torch=lambda torch, x, eps: torch.sigmoid(torch.nn.functional.instance_norm(x, eps=eps))),

@@ -69,9 +69,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     original = F.cross_entropy
     calls = {"n": 0}
 
-    def poisoned(logits, labels):
+    def poisoned(logits, labels, **options):
         calls["n"] += 1
-        loss = original(logits, labels)
+        loss = original(logits, labels, **options)
         return loss * float("nan") if calls["n"] > 2 else loss  # steps 5 and 6 are fine, 7 is not
 
     train(tiny_config(tmp_path, epochs=1), progress=False, log=lambda *a: None)

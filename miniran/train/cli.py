@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from miniran.train.trainer import TrainConfig, TrainingDiverged
+from miniran.train.trainer import SCHEDULES, TrainConfig, TrainingDiverged
 
 DEMO_ARGS = ["--model", "attention56", "--dataset", "cifar10-sample", "--subset", "2000",
              "--epochs", "3", "--batch-size", "64", "--schedule", "cosine", "--out", "runs/demo"]
@@ -29,9 +29,15 @@ def _add_train_options(p):
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on N test images, balanced per class")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--schedule", default=d.schedule, choices=["paper", "cosine"],
-                   help="paper: /10 at 40%% and 60%% of the run; cosine: cosine decay to 0")
+    p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES),
+                   help="paper: /10 at 40%% and 60%% of the run; cosine: cosine decay to 0; onecycle: linear "
+                        "warm-up from lr/10 over 20%% of the run, then cosine decay to 0 (for short runs)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="target 1-EPS on the label and EPS spread over all classes (default 0: one-hot)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from these weights (fine-tuning): a pretrained name such as attention56_cifar10, "
+                        "or a .npz written by miniran train or tools/export_pretrained.py")
     p.add_argument("--attention", default=d.attention, choices=["mixed", "channel", "spatial"])
     p.add_argument("--nal", action="store_true", help="naive attention learning M*T instead of (1+M)*T")
     p.add_argument("--mask", default=d.mask, choices=["encoder_decoder", "local_conv"])

@@ -33,12 +33,14 @@ import miniran.functional as F
 from miniran import backend, data, models, optim
 from miniran._io import lock_folder, lock_holder, remove_stale_temporaries
 from miniran.autograd import Tensor, no_grad
+from miniran.nn import load_arrays
 from miniran.distributed import world
 from miniran.train import parallel
 from miniran.train.checkpoint import Checkpoint, save_checkpoint
 from miniran.train.metrics import append_metrics, read_metrics, write_metrics
 
 PAPER_STEPS = 160_000
+SCHEDULES = ("paper", "cosine", "onecycle")
 
 
 @dataclass
@@ -56,6 +58,8 @@ class TrainConfig:
     lr: float = 0.1
     schedule: str = "paper"
     weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    init: str | None = None  # start from these weights: a pretrained name or a .npz (checkpoint or exported)
     momentum: float = 0.9
     attention: str = "mixed"
     nal: bool = False
@@ -85,7 +89,7 @@ class TrainConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
-        for name in ("lr", "weight_decay", "momentum", "label_noise"):
+        for name in ("lr", "weight_decay", "momentum", "label_noise", "label_smoothing"):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -95,10 +99,15 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.schedule not in ("paper", "cosine"):
-            raise ValueError(f"--schedule must be 'paper' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"--label-noise is the fraction of corrupted labels, in [0, 1), got {self.label_noise}")
+        if self.init is not None and self.init not in models.PRETRAINED and not os.path.isfile(self.init):
+            raise ValueError(f"--init must be a pretrained name ({', '.join(models.PRETRAINED)}) or a .npz file, "
+                             f"got {self.init!r} (no such file)")
         backend.normalize_device(self.device)
         return self
 
@@ -399,6 +408,30 @@ def _raise_everywhere(error, comm) -> None:
         raise error
 
 
+def init_weights(model, init: str) -> str:
+    """Load ``--init`` into ``model``: a shipped pretrained name, or a ``.npz`` with ``model/`` entries
+    (a run's ``checkpoint.npz`` or an exported weights file). Returns the file read.
+
+    Only the weights come from it: the optimiser, the schedule and the data
+    statistics start fresh, so this is a warm start (fine-tuning), not a resume.
+    """
+    path = models.pretrained_path(init) if init in models.PRETRAINED else init
+    if not os.path.isfile(path):
+        raise ValueError(f"--init {init}: {path} not found")
+    try:
+        arrays = load_arrays(path)
+    except ValueError as exc:
+        raise ValueError(f"--init {init}: {exc}") from exc
+    state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    if not state:
+        raise ValueError(f"--init {init}: {path} holds no 'model/' weights (not a miniran checkpoint or export)")
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"--init {init}: the weights do not fit this --model ({' '.join(str(exc.args[0]).split())})") from exc
+    return str(path)
+
+
 def _build_run(config: TrainConfig, ckpt, replaced: list, log, comm) -> _Run:
     """Step 1a: the data, the model, the optimiser and the schedule (restored from ``ckpt`` when given)."""
     out = config.out
@@ -426,6 +459,8 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log, comm) -> _Run:
         total_steps = PAPER_STEPS
 
     model = build_model(config, k)
+    if ckpt is None and config.init is not None:
+        log(f"starting from the weights of {init_weights(model, config.init)}")
     if device == "gpu":
         model.to("gpu")
     if config.sync_bn and comm.size > 1:
@@ -436,6 +471,8 @@ def _build_run(config: TrainConfig, ckpt, replaced: list, log, comm) -> _Run:
                     weight_decay=config.weight_decay, flat=device == "gpu" or comm.size > 1)
     if config.schedule == "paper":
         schedule = optim.paper_schedule(opt, total_steps)
+    elif config.schedule == "onecycle":
+        schedule = optim.OneCycleLR(opt, total_steps)
     else:
         schedule = optim.CosineLR(opt, total_steps)
     run = _Run(config, device, out, ckpt_path, metrics_path, x_test, y_test, k, loader, model, opt, schedule,
@@ -497,7 +534,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     for x, y in loader:
         x, y = parallel.shard(x, run.comm), parallel.shard(y, run.comm)  # this process's part of the batch
         logits = model(Tensor(x))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
         opt.zero_grad()
         loss.backward()
         parallel.average_gradients(opt, run.comm)  # one all-reduce of the flat gradient buffer
