@@ -75,8 +75,27 @@ def _call_site() -> str:
     return f"{short}:{frame.f_lineno}"
 
 
+class _State:
+    """What the stand-in is doing: capturing a CUDA graph (``capture``), or replaying one."""
+
+    capture = None  # the open capture of cupy.cuda.graph (one at a time), or None
+    replaying = False
+
+
+_state = _State()
+
+
 def launch(name: str, n: int = 1) -> None:
-    """Record ``n`` device launches of the operation ``name`` (used by the stand-in)."""
+    """Record ``n`` device launches of the operation ``name`` (used by the stand-in).
+
+    During a capture nothing is launched (the capture records it instead, and
+    checks the stream); during a replay the work is the graph's one launch.
+    """
+    if _state.replaying:
+        return
+    if _state.capture is not None:
+        _state.capture.on_launch(name, n)
+        return
     site = None
     for c in _all():
         c.launches += n
@@ -87,16 +106,58 @@ def launch(name: str, n: int = 1) -> None:
 
 
 def sync(name: str) -> None:
-    """Record one device-to-host copy or host wait (used by the stand-in)."""
+    """Record one device-to-host copy or host wait (used by the stand-in); refused during a capture."""
+    if _state.capture is not None:
+        _state.capture.refuse_sync(name)
     for c in _all():
         c.syncs += 1
         c.syncs_by_name[name] += 1
 
 
 def host_to_device(name: str = "asarray") -> None:
-    """Record one host-to-device copy (used by the stand-in)."""
+    """Record one host-to-device copy (used by the stand-in); refused during a capture."""
+    if _state.capture is not None:
+        _state.capture.refuse_host_copy(name)
     for c in _all():
         c.host_to_device += 1
+
+
+def allocated(host_array) -> None:
+    """A new device buffer (used by the stand-in): during a capture it must come from a graph-aware pool."""
+    if _state.capture is not None:
+        _state.capture.on_alloc(host_array)
+
+
+def wrapped(device_array) -> None:
+    """A new ``cupy.ndarray`` object (used by the stand-in): a capture notes what Python still holds."""
+    if _state.capture is not None:
+        _state.capture.on_wrap(device_array)
+
+
+def captured(fn):
+    """Decorate a stand-in operation so that a capture records it instead of running it.
+
+    Outside a capture ``fn`` just runs. Inside one, the outermost decorated
+    call runs once (to give its results their shapes; the capture undoes its
+    effect on memory when it ends) and, if it launched anything, is recorded
+    to run again on every replay of the graph, on the same buffers.
+    """
+    def wrapper(*args, **kwargs):
+        cap = _state.capture
+        if cap is None or cap.inside:
+            return fn(*args, **kwargs)
+        cap.inside, nodes = True, cap.nodes
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            cap.inside = False
+        if cap.nodes != nodes:
+            cap.record(fn, args, kwargs, result)
+        return result
+
+    wrapper.__name__, wrapper.__qualname__ = fn.__name__, fn.__qualname__
+    wrapper.__doc__, wrapper.__wrapped__ = fn.__doc__, fn
+    return wrapper
 
 
 def counters() -> dict:

@@ -34,6 +34,7 @@ _live: dict = {}  # id -> weakref of each owning buffer, for the memory pool's u
 
 
 def _track(a):
+    _ctl.allocated(a)
     key = id(a)
     _live[key] = _weakref.ref(a, lambda _r, key=key: _live.pop(key, None))
 
@@ -67,6 +68,7 @@ def _wrap(res):
         out._a = res
         if res.base is None:
             _track(res)
+        _ctl.wrapped(out)
         return out
     if isinstance(res, (_np.generic, _builtins.bool, _builtins.int, _builtins.float)):
         # CuPy computes on the device: reductions and tests give 0-d arrays, never scalars
@@ -115,6 +117,7 @@ def _func(name, npfunc=None, sync=False, view_ok=True, scalar_result=False):
     """
     npfunc = npfunc or getattr(_np, name)
 
+    @_ctl.captured
     def f(*args, **kwargs):
         out = kwargs.get("out")
         a = _unwrap(list(args))
@@ -161,6 +164,7 @@ class ufunc:
     def __repr__(self):
         return f"<ufunc '{self.name}'>"
 
+    @_ctl.captured
     def __call__(self, *args, out=None, dtype=None, casting="same_kind", **kwargs):
         a = [_unwrap(x, strict=True) for x in args]
         kw = {}
@@ -193,6 +197,7 @@ class ufunc:
     def reduceat(self, array, indices, axis=0, dtype=None, out=None):
         raise NotImplementedError(f"cupy stand-in: `{self.name}.reduceat` is not implemented")
 
+    @_ctl.captured
     def outer(self, A, B, **kwargs):
         res = self._np.outer(_unwrap(A, True), _unwrap(B, True), **kwargs)
         _ctl.launch(self.__name__ + ".outer")
@@ -205,6 +210,7 @@ class ufunc:
         _scatter(a, indices, b, self.__name__, op, dtypes.split())
 
 
+@_ctl.captured
 def _scatter(a, slices, value, uname, op, allowed):
     """Unbuffered a[slices] op= value (CuPy's scatter kernels; indices wrap)."""
     if not isinstance(a, ndarray):
@@ -318,6 +324,7 @@ class ndarray:
             raise NotImplementedError("cupy stand-in: ndarray(memptr=..., strides=...)")
         self._a = _garbage(shape, dtype, order=order)
         _track(self._a)
+        _ctl.wrapped(self)
 
     # ---- attributes
     shape = property(lambda self: self._a.shape)
@@ -467,6 +474,7 @@ class ndarray:
         return ours(*args, **kwargs)
 
     # ---- indexing
+    @_ctl.captured
     def __getitem__(self, key):
         if isinstance(key, ndarray) or not _is_basic(key):
             k, mask = _index(self, key)
@@ -475,8 +483,12 @@ class ndarray:
                 _ctl.sync("getitem_mask")
             _ctl.launch("getitem_fancy")
             return _wrap(res)
-        return _wrap(self._a[key])  # a view
+        res = self._a[key]
+        if not isinstance(res, _np.ndarray):  # x[i] of a 1-d array: a 0-d view in CuPy, not a copy
+            res = self._a[(key if isinstance(key, tuple) else (key,)) + (Ellipsis,)]
+        return _wrap(res)  # a view
 
+    @_ctl.captured
     def __setitem__(self, key, value):
         if isinstance(value, _np.ndarray) and _is_basic(key) and not isinstance(key, ndarray):
             if value.ndim:  # CuPy's basic-slice assignment refuses host arrays
@@ -498,6 +510,7 @@ class ndarray:
             _ctl.launch("setitem")
 
     # ---- shape and copies
+    @_ctl.captured
     def reshape(self, *shape, order="C"):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
@@ -515,12 +528,14 @@ class ndarray:
     def squeeze(self, axis=None):
         return _wrap(self._a.squeeze(axis))
 
+    @_ctl.captured
     def ravel(self, order="C"):
         res = self._a.ravel(order)
         if not _np.may_share_memory(res, self._a):
             _ctl.launch("ravel_copy")
         return _wrap(res)
 
+    @_ctl.captured
     def flatten(self, order="C"):
         _ctl.launch("copy")
         return _wrap(self._a.flatten(order))
@@ -530,16 +545,19 @@ class ndarray:
             raise NotImplementedError("cupy stand-in: view(type=...)")
         return _wrap(self._a.view() if dtype is None else self._a.view(dtype))
 
+    @_ctl.captured
     def copy(self, order="C"):
         _ctl.launch("copy")
         return _wrap(self._a.copy(order))
 
+    @_ctl.captured
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and _np.dtype(dtype) == self.dtype:
             return self
         _ctl.launch("astype")
         return _wrap(self._a.astype(dtype, order=order))
 
+    @_ctl.captured
     def fill(self, value):
         if isinstance(value, _np.ndarray):
             if value.ndim:
@@ -756,6 +774,7 @@ def _count_product(launches):
             _ctl.launch(name, n)
 
 
+@_ctl.captured
 def matmul(a, b, out=None, **kwargs):
     """cupy.matmul, with the device operations CuPy 14 issues for it (see above)."""
     if kwargs:
@@ -771,6 +790,7 @@ def matmul(a, b, out=None, **kwargs):
     return _wrap(res)
 
 
+@_ctl.captured
 def dot(a, b, out=None):
     """cupy.dot: one GEMM, plus a copy of each operand that is neither C- nor F-contiguous."""
     A, B = _unwrap(a, strict=True), _unwrap(b, strict=True)
@@ -785,6 +805,7 @@ def dot(a, b, out=None):
     return _wrap(res)
 
 
+@_ctl.captured
 def take(a, indices, axis=None, out=None):
     """cupy.take: out-of-range indices wrap (CuPy has no mode='raise')."""
     idx = indices._a if isinstance(indices, ndarray) else _np.asarray(_unwrap(indices))
@@ -801,6 +822,7 @@ def _allocating(name):
     """zeros/ones/full/...: allocation plus one fill launch."""
     npf = getattr(_np, name)
 
+    @_ctl.captured
     def f(*args, **kwargs):
         res = npf(*_unwrap(list(args)), **{k: _unwrap(v) for k, v in kwargs.items()})
         _ctl.launch(name)
@@ -826,6 +848,7 @@ def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
                           prototype.dtype if dtype is None else dtype))
 
 
+@_ctl.captured
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, blocking=False):
     """Device copy of ``obj``: from the host it is one host-to-device copy."""
     if isinstance(obj, ndarray):
@@ -857,6 +880,7 @@ def asarray(a, dtype=None, order=None, blocking=False):
 asanyarray = asarray
 
 
+@_ctl.captured
 def where(condition, x=None, y=None):
     """cupy.where: with one argument it is ``nonzero`` (its size needs a sync)."""
     if x is None and y is None:
@@ -868,6 +892,7 @@ def where(condition, x=None, y=None):
     return _wrap(res)
 
 
+@_ctl.captured
 def ascontiguousarray(a, dtype=None):
     if isinstance(a, ndarray) and a.flags.c_contiguous and (dtype is None or _np.dtype(dtype) == a.dtype):
         return a
@@ -877,6 +902,7 @@ def ascontiguousarray(a, dtype=None):
     return _wrap(_np.ascontiguousarray(a._a, dtype=dtype))
 
 
+@_ctl.captured
 def asfortranarray(a, dtype=None):
     if not isinstance(a, ndarray):
         return array(a, dtype=dtype, order="F")
@@ -903,6 +929,7 @@ def is_available():
     return True
 
 
+@_ctl.captured
 def copy(a, order="K"):
     _ctl.launch("copy")
     return _wrap(_np.array(_unwrap(a), copy=True, order=order))
@@ -910,6 +937,10 @@ def copy(a, order="K"):
 
 class _MemoryPool:
     """Default memory pool: ``used_bytes`` counts the live stand-in buffers."""
+
+    def malloc(self, size):
+        from cupy import cuda
+        return cuda.MemoryPointer(_garbage((int(size),), "uint8"))
 
     def used_bytes(self):
         return _builtins.sum(a.nbytes for a in (r() for r in list(_live.values())) if a is not None)

@@ -351,6 +351,7 @@ class ElementwiseKernel:
         self.options = options
         _check_supported(preamble + operation + loop_prep + after_loop, name)
 
+    @_ctl.captured
     def __call__(self, *args, size=None, block_size=None, stream=None):
         from cupy import ndarray, _wrap
         if len(args) not in (self.nin, self.nargs):
@@ -497,6 +498,7 @@ class ReductionKernel:
             p0.type_name if p0.dtype is None else _CTYPES[p0.dtype])
         _check_supported(preamble + map_expr + reduce_expr + post_map_expr, name)
 
+    @_ctl.captured
     def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None, reduce_dims=True):
         from cupy import ndarray, _wrap
         if len(args) not in (self.nin, self.nargs):
@@ -678,6 +680,7 @@ class RawKernel:
         entry = f"static void _standin_entry() {{ {self.name}({calls}); _standin_state[_standin_cur] = 2; }}\n"
         return head.replace("static void** _args;\n", "static void** _args;\n" + entry) + _FIBER_BLOCK
 
+    @_ctl.captured
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
         from cupy import ndarray
         grid = tuple(grid) + (1,) * (3 - len(grid)) if isinstance(grid, tuple) else (int(grid), 1, 1)

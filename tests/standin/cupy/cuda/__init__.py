@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib as _contextlib
 import weakref as _weakref
 
 import cupy_standin as _ctl
@@ -95,6 +96,7 @@ class Stream:
     def __init__(self, null=False, non_blocking=False, ptr=0, priority=None):
         self.ptr = 0 if null else id(self)
         self.device_id = 0
+        self.is_non_blocking = bool(non_blocking) and not null
         if not null:
             _live_streams[self.ptr] = self
 
@@ -126,7 +128,17 @@ class Stream:
         return True
 
     def begin_capture(self, mode=None):
-        raise NotImplementedError("cupy stand-in: CUDA graph capture is not simulated")
+        """Start recording the work issued on this stream into a graph (``cupy.cuda.graph``)."""
+        if self.ptr in (0, 1):  # CuPy's own check, before CUDA's
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        graph.begin(self)
+
+    def end_capture(self):
+        """Stop recording; returns the ``cupy.cuda.graph.Graph``."""
+        return graph.end(self)
+
+    def is_capturing(self):
+        return graph.is_capturing(self)
 
     def __repr__(self):
         return f"<Stream {self.ptr} (cupy stand-in)>"
@@ -145,6 +157,62 @@ class Event:
 
     def synchronize(self):
         _ctl.sync("event_synchronize")
+
+
+class MemoryAsyncPool:
+    """CUDA's stream-ordered allocator (``cudaMallocAsync``): allocations made during a capture
+    become part of the graph, so the stand-in accepts them there (see ``cupy.cuda.graph``)."""
+
+    def __init__(self, pool_handles="current"):
+        self.pool_handles = pool_handles
+
+    def malloc(self, size):
+        import cupy
+        return MemoryPointer(cupy._garbage((int(size),), "uint8"))
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_bytes(self):
+        return 0
+
+    def free_all_blocks(self, stream=None):
+        pass
+
+
+def malloc_async(size):
+    return MemoryAsyncPool().malloc(size)
+
+
+_allocator = [None]  # None: the default memory pool
+
+
+def set_allocator(allocator=None):
+    _allocator[0] = allocator
+
+
+def get_allocator():
+    import cupy
+    return _allocator[0] or cupy.get_default_memory_pool().malloc
+
+
+@_contextlib.contextmanager
+def using_allocator(allocator=None):
+    previous = _allocator[0]
+    _allocator[0] = allocator
+    try:
+        yield
+    finally:
+        _allocator[0] = previous
+
+
+def _allocator_is_graph_aware() -> bool:
+    """Whether the allocations now come from a stream-ordered pool, which a capture can own."""
+    allocator = _allocator[0]
+    return allocator is malloc_async or isinstance(getattr(allocator, "__self__", None), MemoryAsyncPool)
 
 
 def get_elapsed_time(start_event, end_event):
@@ -167,6 +235,10 @@ def get_cublas_handle():
 
 def is_available():
     return True
+
+
+from cupy.cuda import graph  # noqa: E402
+from cupy.cuda.graph import Graph  # noqa: E402,F401
 
 
 def __getattr__(name):

@@ -44,6 +44,8 @@ def _owner(ptr: int, nbytes: int):
             continue
         base = a.__array_interface__["data"][0]
         if base <= ptr and ptr + nbytes <= base + a.nbytes:
+            if _ctl._state.capture is not None:  # a captured GEMM addresses it by pointer: the graph keeps it
+                _ctl._state.capture.keep.append(a)
             return a, ptr - base
     raise CUBLASError(f"CUBLAS_STATUS_EXECUTION_FAILED: pointer 0x{ptr:x} (+{nbytes} bytes) is not inside "
                       "one device allocation")
@@ -67,8 +69,11 @@ def _scalar(ptr, dtype):
     return dtype.type(ctype.from_address(ptr).value)
 
 
-def _gemm_strided_batched(dtype, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
-                          beta, C, ldc, strideC, batch):
+@_ctl.captured
+def _gemm_strided_batched(dtype, transa, transb, m, n, k, al, A, lda, strideA, B, ldb, strideB,
+                          be, C, ldc, strideC, batch):
+    """The GEMM with ``alpha`` and ``beta`` already read from the host (``al``, ``be``): a
+    capture records their values, as cuBLAS reads host scalars when the call is issued."""
     for flag in (transa, transb):
         if flag not in (CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C):
             raise CUBLASError(f"CUBLAS_STATUS_INVALID_VALUE: operation {flag}")
@@ -86,7 +91,6 @@ def _gemm_strided_batched(dtype, transa, transb, m, n, k, alpha, A, lda, strideA
     c = _matrices(C, dtype, m, n, ldc, strideC, batch)
     op_a = a if transa == CUBLAS_OP_N else a.transpose(0, 2, 1)
     op_b = b if transb == CUBLAS_OP_N else b.transpose(0, 2, 1)
-    al, be = _scalar(alpha, dtype), _scalar(beta, dtype)
     product = np.matmul(op_a, op_b) if k else np.zeros((batch, m, n), dtype)
     c[...] = al * product if be == 0 else al * product + be * c
     _ctl.launch("gemmStridedBatched")
@@ -94,11 +98,13 @@ def _gemm_strided_batched(dtype, transa, transb, m, n, k, alpha, A, lda, strideA
 
 def sgemmStridedBatched(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
                         beta, C, ldc, strideC, batchCount):
-    _gemm_strided_batched(np.dtype(np.float32), transa, transb, m, n, k, alpha, A, lda, strideA,
-                          B, ldb, strideB, beta, C, ldc, strideC, batchCount)
+    dtype = np.dtype(np.float32)
+    _gemm_strided_batched(dtype, transa, transb, m, n, k, _scalar(alpha, dtype), A, lda, strideA,
+                          B, ldb, strideB, _scalar(beta, dtype), C, ldc, strideC, batchCount)
 
 
 def dgemmStridedBatched(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
                         beta, C, ldc, strideC, batchCount):
-    _gemm_strided_batched(np.dtype(np.float64), transa, transb, m, n, k, alpha, A, lda, strideA,
-                          B, ldb, strideB, beta, C, ldc, strideC, batchCount)
+    dtype = np.dtype(np.float64)
+    _gemm_strided_batched(dtype, transa, transb, m, n, k, _scalar(alpha, dtype), A, lda, strideA,
+                          B, ldb, strideB, _scalar(beta, dtype), C, ldc, strideC, batchCount)
