@@ -71,6 +71,31 @@ class SGD:
         self.steps = 0
         self.flat = FlatParameters(self.params) if flat else None
         self._flat_velocity = None  # with flat=True: one buffer, self.velocity[i] its views
+        self.lr_buffer = None  # see read_lr_from
+
+    def read_lr_from(self, buffer):
+        """Take each step's learning rate from ``buffer`` on the GPU instead of ``self.lr``.
+
+        A captured CUDA graph replays its kernels with the arguments they had
+        at capture, so a learning rate passed from the host would stay frozen;
+        read from a device buffer, it is whatever the buffer holds when the
+        graph runs (:mod:`miniran.train.cuda_graph` writes it there). The
+        update is the same, bit for bit, as with ``self.lr`` equal to the
+        buffer's value. ``self.lr`` and checkpoints are unaffected.
+
+        Args:
+            buffer: a CuPy array of one element, of the parameters' dtype;
+                ``None`` goes back to ``self.lr``.
+        """
+        if buffer is not None:
+            p = self.params[0].data
+            if not (backend.is_cupy_array(p) and backend.is_cupy_array(buffer)):
+                raise ValueError("SGD.read_lr_from: a device learning rate needs the parameters and the "
+                                 "buffer on the GPU")
+            if buffer.size != 1 or buffer.dtype != p.dtype:
+                raise ValueError(f"SGD.read_lr_from: buffer must hold one {p.dtype} value, got shape "
+                                 f"{tuple(buffer.shape)} {buffer.dtype}")
+        self.lr_buffer = buffer
 
     def zero_grad(self):
         for p in self.params:
@@ -85,7 +110,8 @@ class SGD:
         against and the CPU path. With ``flat=True`` and every gradient in its
         slot, the whole flat buffer is one update.
         """
-        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        lr = self.lr if self.lr_buffer is None else self.lr_buffer
+        mu, wd = self.momentum, self.weight_decay
         if self.flat is not None:
             self.flat.sync()
             if self.flat.grads_in_slots():
@@ -106,6 +132,8 @@ class SGD:
         """Update the array ``p`` in place from its gradient ``g``; the momentum buffer (new or ``v``)."""
         if backend.is_cupy_array(p):
             return _update_gpu(g, p, v, lr, mu, wd, self.nesterov)
+        if backend.is_cupy_array(lr):
+            raise ValueError("SGD: the parameters moved to the CPU; call read_lr_from(None) to use SGD.lr")
         return _update_arrays(g, p, v, lr, mu, wd, self.nesterov)
 
     def _step_flat(self, lr, mu, wd):
@@ -183,35 +211,51 @@ def _update_arrays(g, p, v, lr, mu, wd, nesterov):
 
 def _update_gpu(g, p, v, lr, mu, wd, nesterov):
     """The same update as one kernel launch; a momentum buffer starts as an empty
-    array that the kernel's first step fills with g."""
+    array that the kernel's first step fills with g. ``lr`` is a number, or a
+    one-element device array (the ``_LR`` twins of the kernels read it there)."""
+    on_device = backend.is_cupy_array(lr)
     if not mu:
-        SGD_PLAIN_KERNEL(g, lr, wd, p)
+        (SGD_PLAIN_KERNEL_LR if on_device else SGD_PLAIN_KERNEL)(g, lr, wd, p)
         return v
     first = v is None
     if first:
         v = backend.get_array_module(p).empty_like(p)
-    SGD_KERNEL(g, lr, mu, wd, int(nesterov), int(first), p, v)
+    (SGD_KERNEL_LR if on_device else SGD_KERNEL)(g, lr, mu, wd, int(nesterov), int(first), p, v)
     return v
 
 
 # One thread per parameter element: weight decay, momentum and the Nesterov
-# step fused, so a parameter costs one launch instead of about eight.
-SGD_KERNEL = kernels.elementwise_kernel(
-    "miniran_sgd_update",
-    "T g, T lr, T mu, T wd, int32 nesterov, int32 first",
-    "T p, T v",
-    """
+# step fused, so a parameter costs one launch instead of about eight. The
+# same code serves the learning rate as a kernel argument (``rate = lr``) and
+# read from a device buffer (``rate = lr[0]``), so both give the same bits.
+_SGD_UPDATE = """
+    const T rate = {rate};
     const T d = g + wd * p;              // gradient with L2 weight decay
     const T vel = first ? d : mu * v + d;  // first step: v = g, as PyTorch
     v = vel;
-    p = p - lr * (nesterov ? d + mu * vel : vel);
-    """,
-)
+    p = p - rate * (nesterov ? d + mu * vel : vel);
+    """
+SGD_KERNEL = kernels.elementwise_kernel(
+    "miniran_sgd_update", "T g, T lr, T mu, T wd, int32 nesterov, int32 first", "T p, T v",
+    _SGD_UPDATE.format(rate="lr"))
+SGD_KERNEL_LR = kernels.elementwise_kernel(
+    "miniran_sgd_update_lr", "T g, raw T lr, T mu, T wd, int32 nesterov, int32 first", "T p, T v",
+    _SGD_UPDATE.format(rate="lr[0]"))
 
 # momentum = 0: no buffer to read or write
+_SGD_PLAIN_UPDATE = "const T rate = {rate}; p = p - rate * (g + wd * p);"
 SGD_PLAIN_KERNEL = kernels.elementwise_kernel(
-    "miniran_sgd_update_plain",
-    "T g, T lr, T wd",
-    "T p",
-    "p = p - lr * (g + wd * p);",
-)
+    "miniran_sgd_update_plain", "T g, T lr, T wd", "T p", _SGD_PLAIN_UPDATE.format(rate="lr"))
+SGD_PLAIN_KERNEL_LR = kernels.elementwise_kernel(
+    "miniran_sgd_update_plain_lr", "T g, raw T lr, T wd", "T p", _SGD_PLAIN_UPDATE.format(rate="lr[0]"))
+
+# A captured step's learning rate, on the device: lr = table[step] (the last
+# entry past the end), then step += 1. One thread (size=1); the table holds a
+# schedule's rate for every step, computed once on the host.
+LR_FROM_TABLE_KERNEL = kernels.elementwise_kernel(
+    "miniran_lr_from_table", "raw T table, int64 n", "raw T lr, raw int64 step",
+    """
+    const long long s = step[0];
+    lr[0] = table[s < n ? s : n - 1];
+    step[0] = s + 1;
+    """)

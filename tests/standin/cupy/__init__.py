@@ -102,10 +102,10 @@ def _garbage(shape, dtype, order="C"):
     a = _np.empty(shape, dtype, order=order)
     if dtype.kind in "fc":
         a.fill(_np.nan)
-    elif a.nbytes:
-        a.view(_np.uint8).reshape(-1)[:] = _rng_garbage.integers(0, 256, a.nbytes, dtype=_np.uint8)
+    elif a.nbytes:  # (through a 1-d view: a 0-d array cannot change its itemsize)
+        a.reshape(-1, order="A").view(_np.uint8)[:] = _rng_garbage.integers(0, 256, a.nbytes, dtype=_np.uint8)
     if dtype.kind == "b":
-        a.view(_np.uint8)[...] &= 1
+        a.reshape(-1, order="A").view(_np.uint8)[...] &= 1
     return a
 
 
