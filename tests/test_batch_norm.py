@@ -481,17 +481,24 @@ def test_dispatch_picks_the_gpu_twin_and_the_reference_under_the_switch(cp, rng)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("relu", [False, True])
-def test_gpu_twin_launches_two_kernels_forward_and_two_backward(cp, relu, rng):
+@pytest.mark.parametrize("shape, per_pass", [((4, 3, 5, 5), 1), ((40, 2, 21, 20), 2)],
+                         ids=["one block per channel", "two stages"])
+def test_gpu_twin_launches_one_kernel_each_way_or_two_for_large_channels(cp, relu, shape, per_pass, rng):
+    """A channel of at most 16384 values: one kernel forward, one backward; larger ones two stages each."""
     cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
 
     fn = F.batch_norm_relu if relu else F.batch_norm
-    x = Tensor(cp.asarray(rng.standard_normal((4, 3, 5, 5)).astype(np.float32)), requires_grad=True)
-    g, b = (Tensor(cp.asarray(rng.standard_normal(3).astype(np.float32)), requires_grad=True) for _ in range(2))
-    rm, rv = cp.zeros(3, dtype=cp.float32), cp.ones(3, dtype=cp.float32)
+    c = shape[1]
+    x = Tensor(cp.asarray(rng.standard_normal(shape).astype(np.float32)), requires_grad=True)
+    g, b = (Tensor(cp.asarray(rng.standard_normal(c).astype(np.float32)), requires_grad=True) for _ in range(2))
+    rm, rv = cp.zeros(c, dtype=cp.float32), cp.ones(c, dtype=cp.float32)
     gy = cp.asarray(rng.standard_normal(x.shape).astype(np.float32))
     with cupy_standin.counting() as forward:
         y = fn(x, rm, rv, g, b, training=True)
     with cupy_standin.counting() as backward:
         y.backward(gy)
-    assert forward.launches == 2, forward.launches_by_name.most_common()
-    assert backward.launches == 2, backward.launches_by_name.most_common()
+    assert forward.launches == per_pass, forward.launches_by_name.most_common()
+    assert backward.launches == per_pass, backward.launches_by_name.most_common()
+    with cupy_standin.counting() as evaluation:
+        fn(x, rm, rv, g, b, training=False)
+    assert evaluation.launches == 1, evaluation.launches_by_name.most_common()
