@@ -35,6 +35,8 @@ FUSED_MAX = 16384
 #: the stretch of a channel one block of the two-stage kernels takes, and that block's threads
 CHUNK, CHUNK_THREADS = 4096, 256
 
+# Every kernel is declared __launch_bounds__(1024): the compiler then keeps its registers
+# within what a block of 1024 threads may use (64 each), instead of the launch failing.
 # The helpers every kernel shares. A channel's values are numbered j = 0 .. m-1
 # (image j / plane, pixel j % plane); miniran_block_sums adds two doubles over
 # the block (blockDim.x a power of two) and gives every thread the totals.
@@ -77,7 +79,7 @@ __device__ void miniran_channel_sums(const double* partial, int from_partial, do
 
 # Forward, stage one (two-stage channels): sum x and sum x^2 of the block's stretch.
 _PARTIAL_MOMENTS = r"""
-extern "C" __global__ void NAME(const T* x, int channels, int plane, long long m, long long chunk,
+extern "C" __global__ void __launch_bounds__(1024) NAME(const T* x, int channels, int plane, long long m, long long chunk,
                                 double* partial) {
     const int c = blockIdx.y;
     long long begin, end;
@@ -98,7 +100,7 @@ extern "C" __global__ void NAME(const T* x, int channels, int plane, long long m
 # over the block's stretch, with the ReLU; block 0 of a channel writes mean and var and
 # updates the running statistics (unbiased variance, as PyTorch).
 _FORWARD = r"""
-extern "C" __global__ void NAME(const T* x, const T* gamma, const T* beta, const double* partial,
+extern "C" __global__ void __launch_bounds__(1024) NAME(const T* x, const T* gamma, const T* beta, const double* partial,
                                 T* mean, T* var, T* running_mean, T* running_var, T* y,
                                 int channels, int plane, long long m, long long chunk, int stats,
                                 int relu, int update, T momentum, T eps) {
@@ -155,7 +157,7 @@ __device__ void miniran_bn_grad_sums(const T* gy, const T* x, int channels, int 
 """
 
 _PARTIAL_GRAD_SUMS = r"""
-extern "C" __global__ void NAME(const T* gy, const T* x, const T* mean, const T* var, const T* gamma,
+extern "C" __global__ void __launch_bounds__(1024) NAME(const T* gy, const T* x, const T* mean, const T* var, const T* gamma,
                                 const T* beta, int channels, int plane, long long m, long long chunk,
                                 int relu, T eps, double* partial) {
     const int c = blockIdx.y;
@@ -174,7 +176,7 @@ extern "C" __global__ void NAME(const T* gy, const T* x, const T* mean, const T*
 # by block 0 as the gradients of beta and gamma; then, if want_gx, gx over the stretch:
 # batch statistics gx = gamma*inv_std/M * (M*g - sum(g) - xhat*sum(g*xhat)), else gamma*inv_std*g.
 _BACKWARD = r"""
-extern "C" __global__ void NAME(const T* gy, const T* x, const T* mean, const T* var, const T* gamma,
+extern "C" __global__ void __launch_bounds__(1024) NAME(const T* gy, const T* x, const T* mean, const T* var, const T* gamma,
                                 const T* beta, const double* partial, T* gbeta, T* ggamma, T* gx,
                                 int channels, int plane, long long m, long long chunk, int from_partial,
                                 int batch_stats, int relu, int want_gx, T eps) {
