@@ -34,11 +34,16 @@ class CUBLASError(RuntimeError):
     pass
 
 
+_last_owner: dict = {}  # pointer -> weak reference of the buffer that held it last (a graph replays the same)
+
+
 def _owner(ptr: int, nbytes: int):
     """The live stand-in buffer holding [ptr, ptr + nbytes), and ptr's offset in it."""
     import cupy
 
-    for ref in list(cupy._live.values()):
+    hint = _last_owner.get(ptr)
+    refs = ([hint] if hint is not None else []) + list(cupy._live.values())
+    for ref in refs:
         a = ref()
         if a is None:
             continue
@@ -46,6 +51,9 @@ def _owner(ptr: int, nbytes: int):
         if base <= ptr and ptr + nbytes <= base + a.nbytes:
             if _ctl._state.capture is not None:  # a captured GEMM addresses it by pointer: the graph keeps it
                 _ctl._state.capture.keep.append(a)
+            if len(_last_owner) > 100_000:
+                _last_owner.clear()
+            _last_owner[ptr] = ref
             return a, ptr - base
     raise CUBLASError(f"CUBLAS_STATUS_EXECUTION_FAILED: pointer 0x{ptr:x} (+{nbytes} bytes) is not inside "
                       "one device allocation")
