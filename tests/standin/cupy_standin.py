@@ -13,6 +13,9 @@ The stand-in (``tests/standin/cupy``) counts what a real GPU run would do:
 * ``launches_by_name``: a ``collections.Counter`` of what launched, to find
   what is worth fusing.
 
+During a CUDA-graph capture (``cupy.cuda.graph``) nothing is counted, since
+nothing runs; each replay of a graph counts one launch, ``graph_launch``.
+
 Use::
 
     import cupy_standin
