@@ -123,3 +123,18 @@ def test_init_file_without_weights_is_one_clear_line(tmp_path, capsys):
                        "--out", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err
     assert status == 2 and "holds no 'model/' weights" in err and "Traceback" not in err, err
+
+
+def test_frozen_layers_get_no_gradient_and_record_no_graph(rng):
+    from miniran import nn
+    body = nn.Sequential(nn.Linear(4, 5, rng=rng), nn.ReLU())
+    head = nn.Linear(5, 3, rng=rng)
+    assert body.requires_grad_(False) is body
+    x = Tensor(rng.standard_normal((6, 4)))
+    hidden = body(x)
+    assert not hidden.requires_grad and hidden.creator is None  # nothing recorded below the head
+    F.cross_entropy(head(hidden), np.array([0, 1, 2, 0, 1, 2])).backward()
+    assert all(p.grad is None for p in body.parameters())
+    assert all(p.grad is not None for p in head.parameters())
+    body.requires_grad_()
+    assert all(p.requires_grad for p in body.parameters())

@@ -143,6 +143,18 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def requires_grad_(self, requires_grad: bool = True):
+        """Freeze (``False``) or unfreeze every parameter of this module; returns self.
+
+        A frozen parameter gets no gradient, so an optimiser leaves it alone,
+        and a graph that starts at frozen layers is not recorded at all: the
+        backward pass stops where the first trainable layer begins (how a
+        trained network's early layers are kept while its top is trained).
+        """
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
     # -- devices
     def to(self, device):
         """Move every parameter and buffer to 'cpu' or 'gpu' in place; returns self."""
