@@ -122,6 +122,25 @@ def test_command_from_config():
     assert "--mask-bn" not in cmd and "--label-noise" not in cmd
 
 
+def test_export_of_a_fine_tuned_run_records_what_it_started_from(tmp_path):
+    """A run given --init attention56_cifar10: the json keeps the shipped weights' own command,
+    epochs and metrics (read before the export replaces them) and counts the epochs in all."""
+    if not models.pretrained_available():
+        pytest.skip("the shipped weights are not in this copy")
+    before = models.pretrained_metadata()
+    config = TrainConfig(dataset="cifar10-sample", subset=20, test_subset=10, batch_size=10, max_steps=1,
+                         schedule="onecycle", label_smoothing=0.1, init="attention56_cifar10", out=str(tmp_path / "run"))
+    train(config, progress=False, log=lambda *a: None)
+    _, js = _tool().export(tmp_path / "run", out_dir=tmp_path / "out", sample_images=20, log=lambda *a: None)
+    meta = json.loads(js.read_text())
+    origin = meta["started_from"]
+    assert origin["pretrained"] == "attention56_cifar10" and origin["command"] == before["command"]
+    assert origin["metrics"] == before["metrics"] and origin["test_accuracy"] == before["test_accuracy"]
+    assert meta["epochs_in_all"] == before["epochs"] + 1
+    assert "--init attention56_cifar10" in meta["command"] and "--label-smoothing 0.1" in meta["command"]
+    assert "--schedule onecycle" in meta["command"]
+
+
 def test_export_refuses_another_network(tiny_run, tmp_path):
     arrays = load_arrays(tiny_run / "checkpoint.npz")
     config = json.loads(str(arrays["meta/config"]))

@@ -65,7 +65,8 @@ _FLAGS = {
     "model": "--model", "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs",
     "max_steps": "--max-steps", "subset": "--subset", "test_subset": "--test-subset",
     "batch_size": "--batch-size", "lr": "--lr", "schedule": "--schedule",
-    "weight_decay": "--weight-decay", "attention": "--attention", "nal": "--nal", "mask": "--mask",
+    "weight_decay": "--weight-decay", "label_smoothing": "--label-smoothing", "init": "--init",
+    "attention": "--attention", "nal": "--nal", "mask": "--mask",
     "mask_bn": "--mask-bn", "label_noise": "--label-noise", "normalize": "--normalize",
     "augment": "--no-augment", "device": "--device", "seed": "--seed", "out": "--out",
 }
@@ -117,6 +118,21 @@ def _machine(config: TrainConfig) -> dict:
     return info
 
 
+def started_from(init) -> dict | None:
+    """What a run given ``--init`` started from: for a pretrained name, the summary of those
+    weights' own json (read before an export replaces it); for a file, its path."""
+    if init is None:
+        return None
+    if init not in pt.PRETRAINED:
+        return {"file": init}
+    try:
+        before = pt.pretrained_metadata(init)
+    except (OSError, ValueError):
+        return {"pretrained": init, "note": "its json could not be read"}
+    keys = ("command", "epochs", "steps", "training_seconds", "test_accuracy", "trained_until", "metrics")
+    return {"pretrained": init, **{k: before[k] for k in keys if k in before}}
+
+
 def _evaluate(model, images, labels, mean, std, device):
     t0 = time.perf_counter()
     result = evaluate(model, images, labels, mean, std, batch_size=250, device=device, num_classes=10)
@@ -131,6 +147,7 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
     out_dir = Path(out_dir) if out_dir is not None else pt.PRETRAINED_DIR
     ckpt = Checkpoint(run_dir / "checkpoint.npz")
     config = TrainConfig(**ckpt.config)
+    origin = started_from(config.init)  # before this export replaces the weights it names
     if data.num_classes(config.dataset) != 10:
         raise ValueError(f"the run was trained on {config.dataset}; {NAME} needs a 10-class dataset")
     options = {"attention": config.attention, "residual": not config.nal, "mask": config.mask,
@@ -224,6 +241,8 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
         "config": ckpt.config,
         "epochs": ckpt.epoch,
         "steps": ckpt.step,
+        "started_from": origin,
+        "epochs_in_all": ckpt.epoch + ((origin or {}).get("epochs") or 0),
         "training_seconds": round(sum(r.get("seconds", 0.0) for r in metrics), 1),
         "metrics": metrics,
         "accuracy": accuracy,
