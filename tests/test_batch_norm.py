@@ -502,3 +502,26 @@ def test_gpu_twin_launches_one_kernel_each_way_or_two_for_large_channels(cp, rel
     with cupy_standin.counting() as evaluation:
         fn(x, rm, rv, g, b, training=False)
     assert evaluation.launches == 1, evaluation.launches_by_name.most_common()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (40, 2, 21, 20)], ids=["one block per channel", "two stages"])
+def test_gpu_twin_adds_the_shortcut_gradient_in_its_backward_kernel(cp, shape, rng):
+    """out = bn_relu(h) + h: the gradient h gets from the shortcut is added by the batch norm's kernel."""
+    cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
+    x0 = rng.standard_normal(shape)
+    g0, b0, gy0 = rng.standard_normal(shape[1]) + 1, rng.standard_normal(shape[1]), rng.standard_normal(shape)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        grads = []
+        for reference in (True, False):
+            x = Tensor(cp.asarray(x0.astype(dtype)), requires_grad=True)
+            g, b = (Tensor(cp.asarray(a.astype(dtype)), requires_grad=True) for a in (g0, b0))
+            with miniran.reference_only() if reference else contextlib.nullcontext():
+                h = x * 2.0
+                out = F.batch_norm_relu(h, None, None, g, b, training=True) + h
+                with cupy_standin.counting() as backward:
+                    out.backward(cp.asarray(gy0.astype(dtype)))
+            grads.append([t.grad.get() for t in (x, g, b)])
+        for ref, twin in zip(*grads):
+            np.testing.assert_allclose(twin, ref, rtol=tol, atol=tol)
+        assert backward.launches_by_name["add"] == 0, backward.launches_by_name.most_common()

@@ -98,6 +98,7 @@ def _walk(heap, pending, push, retain_graph):
             g if g is not None else xp.zeros(meta.shape, dtype=meta.dtype)
             for g, meta in zip(gys, func._output_meta)
         ]
+        func.waiting, func.folded = _waiting_gradients(func, pending), ()
         gxs = func.backward(*gys)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
@@ -107,7 +108,7 @@ def _walk(heap, pending, push, retain_graph):
                 f"for {len(func.inputs)} inputs"
             )
         handed_out = []  # the gradients this function has given to earlier inputs
-        for x, gx in zip(func.inputs, gxs):
+        for i, (x, gx) in enumerate(zip(func.inputs, gxs)):
             if gx is None or not x.requires_grad:
                 continue
             if gx.shape != x.shape:
@@ -121,12 +122,30 @@ def _walk(heap, pending, push, retain_graph):
                 x._accumulate(gx, owned=not _shares_memory(gx, gys + handed_out))
                 handed_out.append(gx)
             else:
-                prev = pending.get(id(x))
+                # the function may have added the waiting gradient into gx itself
+                prev = None if i in func.folded else pending.get(id(x))
                 # never add in place: gx may alias an array the function still uses
                 pending[id(x)] = (x, gx if prev is None else prev[1] + gx)
                 push(x.creator)
+        func.waiting = ()  # no reference kept to the gradients
         if not retain_graph:
             func.release()
+
+
+def _waiting_gradients(func, pending) -> tuple:
+    """For each input of ``func``: the gradient summed so far for it, or None.
+
+    A Function may add this gradient into the one it computes (in the same
+    pass over memory, instead of a separate addition afterwards) and then
+    list the input's index in ``func.folded``. Offered only for inputs that
+    a Function made (a leaf keeps its own gradient) and that appear once
+    among the inputs (folding twice would count the waiting gradient twice).
+    """
+    ids = [id(x) for x in func.inputs]
+    return tuple(
+        pending.get(id(x), (None, None))[1] if x.creator is not None and ids.count(id(x)) == 1 else None
+        for x in func.inputs
+    )
 
 
 def _shares_memory(a, arrays) -> bool:

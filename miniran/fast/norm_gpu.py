@@ -15,7 +15,11 @@ channel ``(N, C, H, W) -> N*H*W`` values, sums accumulated in double precision:
   channel's stretches in every block and then normalises (or computes ``gx``
   of) its own stretch. **2 kernels forward, 2 backward.**
 
-Evaluation mode (running statistics) normalises in one kernel. The
+Evaluation mode (running statistics) normalises in one kernel. When x
+already has a gradient from its other uses (a residual shortcut), the
+backward kernel adds it into ``gx`` and says so (``folded``, see
+:class:`~miniran.autograd.tensor.Function`), so the graph walk launches no
+addition for it. The
 reference, run on the same CuPy arrays under ``miniran.reference_only()``,
 is what these kernels are tested against.
 """
@@ -174,12 +178,15 @@ extern "C" __global__ void __launch_bounds__(1024) NAME(const T* gy, const T* x,
 
 # Backward: the channel's sums (from_partial 0: this block sums the channel), written
 # by block 0 as the gradients of beta and gamma; then, if want_gx, gx over the stretch:
-# batch statistics gx = gamma*inv_std/M * (M*g - sum(g) - xhat*sum(g*xhat)), else gamma*inv_std*g.
+# batch statistics gx = gamma*inv_std/M * (M*g - sum(g) - xhat*sum(g*xhat)), else gamma*inv_std*g,
+# plus, if add_waiting, the gradient x already has from its other uses (the addition the
+# graph walk would otherwise launch).
 _BACKWARD = r"""
 extern "C" __global__ void __launch_bounds__(1024) NAME(const T* gy, const T* x, const T* mean, const T* var, const T* gamma,
-                                const T* beta, const double* partial, T* gbeta, T* ggamma, T* gx,
-                                int channels, int plane, long long m, long long chunk, int from_partial,
-                                int batch_stats, int relu, int want_gx, T eps) {
+                                const T* beta, const double* partial, const T* waiting, T* gbeta,
+                                T* ggamma, T* gx, int channels, int plane, long long m, long long chunk,
+                                int from_partial, int batch_stats, int relu, int want_gx, int add_waiting,
+                                T eps) {
     const int c = blockIdx.y;
     long long begin, end;
     miniran_stretch(m, chunk, &begin, &end);
@@ -193,7 +200,8 @@ extern "C" __global__ void __launch_bounds__(1024) NAME(const T* gy, const T* x,
         const long long at = miniran_at(j, c, channels, plane);
         T g, xhat;
         miniran_bn_terms(gy, x, at, mu, inv_std, gam, bet, relu, &g, &xhat);
-        gx[at] = batch_stats ? a * (g - inv_m * sum_g - xhat * (inv_m * sum_gxhat)) : a * g;
+        const T own = batch_stats ? a * (g - inv_m * sum_g - xhat * (inv_m * sum_gxhat)) : a * g;
+        gx[at] = add_waiting ? waiting[at] + own : own;
     }
 }
 """
@@ -281,6 +289,14 @@ class BatchNormGPU(BatchNorm):
         self.x, self.mean, self.var, self.gamma, self.beta = x, mean, var, gamma, beta
         return y
 
+    def _waiting_gradient(self, like):
+        """The gradient x already has from its other uses, if the kernel can add it in: shaped, typed and laid out as ``like``."""
+        w = self.waiting[0] if self.waiting else None
+        if w is None or not backend.is_cupy_array(w) or w.shape != like.shape or w.dtype != like.dtype \
+                or not w.flags.c_contiguous:
+            return None
+        return w
+
     def _slot_or_empty(self, cp, index, c, gy):
         slot = gradient_slot(self, index, gy)
         return cp.empty(c, dtype=gy.dtype) if slot is None else slot
@@ -296,6 +312,8 @@ class BatchNormGPU(BatchNorm):
         ggamma = self._slot_or_empty(cp, 1, c, gy)
         want_gx = self.needs_input_grad[0]
         gx = cp.empty_like(x) if want_gx else gbeta  # (a pointer the kernel never writes through)
+        waiting = self._waiting_gradient(gx) if want_gx else None
+        self.folded = () if waiting is None else (0,)
         per_channel = (self.mean, self.var, self.gamma, self.beta)
         partial = cp.empty((c, stretches, 2) if stretches > 1 else 2, dtype=cp.float64)
         if stretches > 1:
@@ -303,9 +321,10 @@ class BatchNormGPU(BatchNorm):
                 gy, x, *per_channel, np.int32(c), np.int32(plane), np.int64(m), np.int64(chunk),
                 np.int32(self.relu), _scalar(dt, self.eps), partial))
         _K_BACKWARD[dt]((stretches, c), (threads,), (
-            gy, x, *per_channel, partial, gbeta, ggamma, gx, np.int32(c), np.int32(plane), np.int64(m),
-            np.int64(chunk), np.int32(stretches > 1), np.int32(self.use_batch_stats), np.int32(self.relu),
-            np.int32(want_gx), _scalar(dt, self.eps)))
+            gy, x, *per_channel, partial, gx if waiting is None else waiting, gbeta, ggamma, gx, np.int32(c),
+            np.int32(plane), np.int64(m), np.int64(chunk), np.int32(stretches > 1),
+            np.int32(self.use_batch_stats), np.int32(self.relu), np.int32(want_gx),
+            np.int32(waiting is not None), _scalar(dt, self.eps)))
         return (
             gx if want_gx else None,
             ggamma if self.needs_input_grad[1] else None,
