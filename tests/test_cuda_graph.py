@@ -117,6 +117,18 @@ def test_memory_of_the_capture_still_held_stops_the_second_launch(cp, standin):
     graph.launch()  # freed: launchable again
 
 
+@pytest.mark.gpu
+def test_stand_in_fixes_the_capture_needed(cp, standin):
+    """x[i] of a 1-d array is a 0-d view, as in CuPy (it was a copy: an allocation in a capture), and
+    uninitialised 0-d integer memory can be made (ending a capture makes its memory garbage)."""
+    x = cp.arange(3, dtype=np.float32)
+    with standin.counting() as c:
+        v = x[1]
+    x[1] = 5
+    assert float(v) == 5.0 and c.launches == 0
+    assert cp.empty((), dtype=np.int64).shape == ()
+
+
 # --------------------------------------------------------------------------- CapturedStep against the eager step
 
 
@@ -228,6 +240,18 @@ def test_a_batch_of_another_size_runs_eagerly_with_the_same_rate_table(cp, stand
 
 
 @pytest.mark.gpu
+def test_a_smaller_first_batch_runs_eagerly_and_the_next_full_one_is_captured(cp, standin):
+    batches = _batches(cp, [3, 4, 4, 4])  # a run resumed at an epoch's last batch
+    (eager_net, net), (eager_opt, opt), (eager_sched, sched) = _pair(_small_net, lambda o: optim.CosineLR(o, 4))
+    _eager(eager_net, eager_opt, eager_sched, batches)
+    step = CapturedStep(net, opt, F.cross_entropy, schedule=sched, batch_size=4)
+    for x, y in batches:
+        step(x, y)
+    assert step.static_x.shape[0] == 4 and step.replays == 2
+    np.testing.assert_array_equal(cp.asnumpy(opt.flat.data), cp.asnumpy(eager_opt.flat.data))
+
+
+@pytest.mark.gpu
 def test_attention56_replayed_steps_equal_eager_steps(cp, standin):
     batches = _batches(cp, [2] * 3, hw=32)
 
@@ -253,3 +277,37 @@ def test_a_device_learning_rate_needs_the_gpu():
         opt.read_lr_from(np.ones(1))
     with pytest.raises(ValueError, match="CapturedStep: a CUDA graph needs the model on the GPU"):
         CapturedStep(net, opt, F.cross_entropy)
+
+
+# --------------------------------------------------------------------------- miniran train --cuda-graph
+
+
+@pytest.mark.gpu
+def test_training_with_a_cuda_graph_equals_the_eager_run(tmp_path, cp, standin):
+    """Two epochs of 2 + 2 + 1 images: warm-up, replay, an eager partial batch, then two replays and one."""
+    from miniran.train.checkpoint import Checkpoint
+    from miniran.train.trainer import TrainConfig, train
+
+    tiny = dict(model="attention56", dataset="cifar10-sample", subset=5, test_subset=4, batch_size=2, seed=3,
+                epochs=2, schedule="onecycle", device="gpu")
+    logs, history = [], {}
+    for graph in (False, True):
+        config = TrainConfig(**tiny, out=str(tmp_path / str(graph)), cuda_graph=graph)
+        history[graph] = train(config, progress=False, log=logs.append)
+    assert any("--cuda-graph" in line for line in logs)
+    timings = ("seconds", "train_seconds", "images_per_second")
+    for eager, captured in zip(history[False], history[True]):
+        assert {k: v for k, v in eager.items() if k not in timings} == \
+               {k: v for k, v in captured.items() if k not in timings}
+    a, b = (Checkpoint(tmp_path / str(graph) / "checkpoint.npz") for graph in (False, True))
+    for key in a.model:
+        np.testing.assert_array_equal(a.model[key], b.model[key], err_msg=key)
+    assert b.config["cuda_graph"] is True
+
+
+def test_cuda_graph_without_the_gpu_is_one_line(tmp_path):
+    from cli_helpers import TINY_ARGS, assert_one_line_error, run_cli
+
+    status, _, err = run_cli("train", *TINY_ARGS, "--max-steps", "1", "--cuda-graph", "--out", tmp_path / "run")
+    assert_one_line_error(status, err, "--cuda-graph needs --device gpu")
+    assert not (tmp_path / "run").exists()

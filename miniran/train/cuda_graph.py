@@ -70,6 +70,9 @@ class CapturedStep:
             ``schedule.step()`` yourself.
         total_steps: the step at which the schedule's table ends (later steps
             keep its last rate); default ``schedule.total_steps``.
+        batch_size: the batch size to capture; a batch of another size runs
+            eagerly, even the first (a run resumed at an epoch's last, smaller
+            batch captures the next full one). None: capture the first batch.
 
     Call it once per batch, ``step(x, y)``, with ``x`` ``(B, C, H, W)`` and
     ``y`` ``(B,)`` CuPy arrays. Attributes: ``loss_sum`` (float64, the sum of
@@ -78,7 +81,7 @@ class CapturedStep:
     capture); ``replays``, the number of graph launches.
     """
 
-    def __init__(self, model, optimizer, loss_fn, schedule=None, total_steps=None):
+    def __init__(self, model, optimizer, loss_fn, schedule=None, total_steps=None, batch_size=None):
         if not isinstance(optimizer, SGD):
             raise TypeError(f"CapturedStep: optimizer must be a miniran.optim.SGD, got {type(optimizer).__name__}")
         if not backend.is_cupy_array(optimizer.params[0].data):
@@ -88,7 +91,7 @@ class CapturedStep:
             if total_steps is None:
                 raise ValueError("CapturedStep: total_steps is needed to tabulate this schedule's learning rates")
         self.model, self.optimizer, self.loss_fn, self.schedule = model, optimizer, loss_fn, schedule
-        self.total_steps = total_steps
+        self.total_steps, self.batch_size = total_steps, batch_size
         self.xp = backend.cupy_module()
         dtype = optimizer.params[0].data.dtype
         self.lr = self.xp.zeros(1, dtype=dtype)  # the rate the SGD kernel reads
@@ -112,17 +115,18 @@ class CapturedStep:
     def __call__(self, x, y):
         """One training step on the batch ``(x, y)``."""
         self._write_host_lr()
-        if self.graph is None:
-            self.static_x, self.static_y = self.xp.empty_like(x), self.xp.empty_like(y)
-            self._run_eagerly(x, y)  # the warm-up: everything the capture needs exists afterwards
-            self._capture()
-        elif x.shape != self.static_x.shape or x.dtype != self.static_x.dtype or y.shape != self.static_y.shape:
-            self._run_eagerly(x, y)  # a graph has static shapes: another batch size runs as usual
-        else:
+        if self.graph is not None and (x.shape, x.dtype, y.shape) == (
+                self.static_x.shape, self.static_x.dtype, self.static_y.shape):
             self.static_x[...] = x
-            self.static_y[...] = y.astype(self.static_y.dtype, copy=False)
+            self.static_y[...] = y
             self.graph.launch(stream=self.xp.cuda.get_current_stream())
             self.replays += 1
+        else:  # a graph has static shapes: another batch size runs as usual
+            self._run_eagerly(x, y)
+            if self.graph is None and self.batch_size in (None, len(y)):
+                # that was the warm-up: everything the capture needs exists now
+                self.static_x, self.static_y = self.xp.empty_like(x), self.xp.empty_like(y)
+                self._capture()
         self.optimizer.steps += 1
         if self.schedule is not None:
             self.schedule.step()
