@@ -324,8 +324,8 @@ def test_attention56_training_step_launch_budget(cp, batch, monkeypatch):
     holds at most ``FUSED_MAX`` values and two where it holds more, so the
     count depends on the batch: the step runs on 2 images with ``FUSED_MAX``
     scaled by 2/batch, which picks the same kernels as the batch itself
-    (`benchmarks/bench_gpu_ops.py --batch 64` counts the real batch: 883 at
-    batch 16 and 921 at 64 at this commit; 1,095 with four batch-norm kernels
+    (`benchmarks/bench_gpu_ops.py --batch 64` counts the real batch: 853 at
+    batch 16 and 891 at 64 at this commit; 1,095 with four batch-norm kernels
     per layer, 2,373 before the GPU-step work).
     """
     cupy_standin = pytest.importorskip("cupy_standin", reason="counts launches: stand-in only")
