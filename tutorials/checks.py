@@ -968,3 +968,31 @@ def check_ring_allreduce(fn, sizes=ALLREDUCE_SIZES, processes=(4, 3), timeout=30
         if not ok:
             break
     return ok
+
+
+# --------------------------------------------------------------------------- 13: cross-entropy with label smoothing
+
+
+LABEL_SMOOTHING_CASES = ((6, 10, 0.1), (3, 4, 0.3), (5, 2, 0.2), (4, 10, 0.0))  # (N, K, eps)
+
+
+@_exercise("cross-entropy with label smoothing: forward and backward, 4 cases (eps = 0 included), logits of +-1000")
+def check_label_smoothing(cls):
+    """Check ``cls(eps)(logits, labels)`` against ``F.cross_entropy(..., label_smoothing=eps)``, then its gradient.
+
+    Two classes (K = 2) tell eps / K from eps / (K - 1); logits of +-1000 catch
+    a softmax without the log-sum-exp trick.
+    """
+    rng = np.random.default_rng(0)
+    ok = True
+    for n, k, eps in LABEL_SMOOTHING_CASES:
+        z, y = rng.standard_normal((n, k)) * 2, rng.integers(0, k, n)
+        tag = f"({n}, {k}), eps={eps}"
+        good, out = _run(f"forward {tag}", lambda: cls(eps)(Tensor(z), y))
+        ref = F.cross_entropy(Tensor(z), y, label_smoothing=eps)
+        ok &= good and check(f"forward {tag} vs F.cross_entropy", out, ref)
+        ok &= check_grad(f"logits {tag}", lambda t, lab=y, e=eps: cls(e)(t, lab), [z], seed=n, _reraise_unsolved=True)
+    big, y_big = np.array([[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 0.0]]), np.array([0, 2])
+    good, out = _run("forward, logits of +-1000", lambda: cls(0.1)(Tensor(big), y_big))
+    ref = F.cross_entropy(Tensor(big), y_big, label_smoothing=0.1)
+    return ok & (good and check("forward, logits of +-1000, eps=0.1", out, ref))
