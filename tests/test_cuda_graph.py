@@ -281,13 +281,7 @@ def test_a_device_learning_rate_needs_the_gpu():
 
 # --------------------------------------------------------------------------- miniran train --cuda-graph
 
-from miniran.train.trainer import TrainConfig  # noqa: E402
 
-pytestmark_trainer = pytest.mark.skipif("cuda_graph" not in TrainConfig.__dataclass_fields__,
-                                        reason="TEMPORARY: --cuda-graph is being wired into the trainer")
-
-
-@pytestmark_trainer
 @pytest.mark.gpu
 def test_training_with_a_cuda_graph_equals_the_eager_run(tmp_path, cp, standin):
     """Two epochs of 2 + 2 + 1 images: warm-up, replay, an eager partial batch, then two replays and one."""
@@ -311,7 +305,6 @@ def test_training_with_a_cuda_graph_equals_the_eager_run(tmp_path, cp, standin):
     assert b.config["cuda_graph"] is True
 
 
-@pytestmark_trainer
 def test_cuda_graph_without_the_gpu_is_one_line(tmp_path):
     from cli_helpers import TINY_ARGS, assert_one_line_error, run_cli
 

@@ -54,6 +54,9 @@ def _add_train_options(p):
     p.add_argument("--force", action="store_true",
                    help="start over in an OUT folder that holds a run (its metrics and checkpoint are replaced)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --device gpu: capture one training step as a CUDA graph and replay it for every "
+                        "batch (one launch per step; proven only on the CuPy stand-in, see docs/gpu.md)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under mpiexec -n N: batch-norm statistics over the global batch (default: each process's)")
 

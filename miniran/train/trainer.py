@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import math
 import os
 import time
@@ -37,6 +38,7 @@ from miniran.nn import load_arrays
 from miniran.distributed import world
 from miniran.train import parallel
 from miniran.train.checkpoint import Checkpoint, save_checkpoint
+from miniran.train.cuda_graph import CapturedStep
 from miniran.train.metrics import append_metrics, read_metrics, write_metrics
 
 PAPER_STEPS = 160_000
@@ -73,6 +75,7 @@ class TrainConfig:
     out: str = "runs/run"
     eval_batch_size: int = 500
     sync_bn: bool = False  # data-parallel runs: batch-norm statistics over the global batch
+    cuda_graph: bool = False  # --device gpu: one training step captured as a CUDA graph, replayed every step
 
     def validate(self):
         if self.model not in models.MODELS:
@@ -108,6 +111,8 @@ class TrainConfig:
         if self.init is not None and self.init not in models.PRETRAINED and not os.path.isfile(self.init):
             raise ValueError(f"--init must be a pretrained name ({', '.join(models.PRETRAINED)}) or a .npz file, "
                              f"got {self.init!r} (no such file)")
+        if self.cuda_graph and backend.normalize_device(self.device) != "gpu":
+            raise ValueError("--cuda-graph needs --device gpu: a CUDA graph replays GPU work")
         backend.normalize_device(self.device)
         return self
 
@@ -202,7 +207,7 @@ class OutputError(OSError):
 
 
 #: options that may change on ``--resume``; every other one comes from the checkpoint
-RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps")
+RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps", "cuda_graph")
 RUN_FILES = ("metrics.jsonl", "checkpoint.npz")
 #: files the run writes through a temporary file: the temporaries a killed run left are removed
 WRITTEN_FILES = RUN_FILES + ("curves.png",)
@@ -324,6 +329,7 @@ class _Run:
     saved_step: int | None = None  # step of the checkpoint on disk (None: none from this run)
     lock: object = None  # the folder's lock (miniran._io.FolderLock), held until the run ends
     comm: object = None  # the processes of a data-parallel run (miniran.distributed); rank 0 writes the files
+    captured: object = None  # --cuda-graph: the step as a CUDA graph (miniran.train.cuda_graph.CapturedStep)
 
     @property
     def steps_per_epoch(self):
@@ -356,6 +362,8 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log, comm) -> _Run:
                 config = _resume_config(config, ckpt, log)
             config.validate()
             parallel.check_batch_size(config.batch_size, comm)
+            if config.cuda_graph and comm.size > 1:
+                raise ValueError("--cuda-graph runs in one process: a data-parallel run (mpiexec -n N) is not captured")
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             if comm.size == 1:
                 raise
@@ -370,6 +378,11 @@ def _set_up(config: TrainConfig, resume: bool, force: bool, log, comm) -> _Run:
         if local_error is not None:
             raise local_error
         run = _build_run(config, ckpt, replaced, log, comm)
+        if config.cuda_graph:  # after the restore: the schedule's table starts at the saved step
+            run.captured = CapturedStep(run.model, run.optimizer, functools.partial(
+                F.cross_entropy, label_smoothing=config.label_smoothing), run.schedule, run.total_steps,
+                config.batch_size)
+            log("--cuda-graph: the first step is captured as a CUDA graph, and replayed for every later one")
     except BaseException:
         if lock is not None:
             lock.release()
@@ -523,26 +536,24 @@ def _restore(run: _Run, ckpt: Checkpoint, log) -> None:
 
 def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     """Step 2: one pass over the loader (or up to the last step); returns the epoch's training statistics."""
-    model, opt, schedule, loader = run.model, run.optimizer, run.schedule, run.loader
+    model, opt, loader = run.model, run.optimizer, run.loader
     xp = np if run.device == "cpu" else backend.cupy_module()
     sync_every = 1 if run.device == "cpu" else 25  # a float() on the GPU waits for it: do it rarely
     model.train()
     loss_sum = xp.zeros((), dtype=np.float64)
     correct = xp.zeros((), dtype=np.int64)
+    if run.captured is not None:  # the graph sums them on the device
+        run.captured.reset_sums()
+        loss_sum, correct = run.captured.loss_sum, run.captured.correct
     seen = 0
     t0 = time.perf_counter()
     for x, y in loader:
         x, y = parallel.shard(x, run.comm), parallel.shard(y, run.comm)  # this process's part of the batch
-        logits = model(Tensor(x))
-        loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        parallel.average_gradients(opt, run.comm)  # one all-reduce of the flat gradient buffer
-        opt.step()
-        schedule.step()
+        if run.captured is not None:
+            run.captured(x, y)  # two copies and one graph launch; it advances the schedule
+        else:
+            _eager_step(run, x, y, loss_sum, correct)
         run.step += 1
-        loss_sum += loss.data * len(y)
-        correct += (logits.data.argmax(axis=1) == y).sum()
         seen += len(y)
         if run.step % sync_every == 0 or run.step == run.total_steps or loader.position == run.steps_per_epoch:
             running_loss = float(loss_sum) / seen
@@ -565,6 +576,19 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     loss_total, correct_total, seen = run.comm.sum_values([float(loss_sum), int(correct), seen])
     return {"train_loss": loss_total / max(seen, 1), "train_acc": correct_total / max(seen, 1),
             "seen": int(seen), "train_seconds": train_seconds, "t0": t0}
+
+
+def _eager_step(run: _Run, x, y, loss_sum, correct) -> None:
+    """One training step, array operation by array operation; adds to the sums in place."""
+    logits = run.model(Tensor(x))
+    loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
+    run.optimizer.zero_grad()
+    loss.backward()
+    parallel.average_gradients(run.optimizer, run.comm)  # one all-reduce of the flat gradient buffer
+    run.optimizer.step()
+    run.schedule.step()
+    loss_sum += loss.data * len(y)
+    correct += (logits.data.argmax(axis=1) == y).sum()
 
 
 def _evaluate_epoch(run: _Run, epoch: int, stats) -> dict:
@@ -661,8 +685,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
 
     Args:
         config: the run's options (ignored when resuming, except ``out``,
-            ``device``, ``data_dir``, ``epochs`` and ``max_steps``, which may
-            change; the others are reported as ignored through ``log``).
+            ``device``, ``data_dir``, ``epochs``, ``max_steps`` and ``cuda_graph``,
+            which may change; the others are reported as ignored through ``log``).
         resume: continue from ``config.out/checkpoint.npz``.
         progress: show a tqdm progress bar.
         log: where one-line messages go.
