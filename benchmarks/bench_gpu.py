@@ -2,7 +2,8 @@
 
 For each network and batch size: training images per second (forward,
 cross-entropy, backward, Nesterov SGD with weight decay, one step at a time),
-evaluation images per second (forward in evaluation mode without a graph),
+the same training step replayed as a CUDA graph (``graph``: ``CapturedStep``,
+what ``miniran train --cuda-graph`` runs), evaluation images per second (forward in evaluation mode without a graph),
 and the peak device memory (CuPy's memory pool; torch's allocator). When
 PyTorch with CUDA is importable, the same network written in PyTorch (the
 twin of ``bench_model.py``, Attention-56 only, checked to be the same network
@@ -97,7 +98,32 @@ def bench_miniran(name, batch, steps, warmup):
     peak = pool.total_bytes()  # the pool keeps what it has grown to: the peak of the run
     del net, opt, x, y
     pool.free_all_blocks()
-    return {"train_img_s": batch / train_s, "eval_img_s": batch / eval_s, "peak_mib": peak / 2**20}
+    graph_s = _time_captured_step(name, batch, steps, warmup)
+    return {"train_img_s": batch / train_s, "eval_img_s": batch / eval_s, "peak_mib": peak / 2**20,
+            "graph_train_img_s": batch / graph_s}
+
+
+def _time_captured_step(name, batch, steps, warmup):
+    """Seconds per training step replayed as a CUDA graph (``--cuda-graph``): the flat SGD, the
+    cosine schedule's rates read on the device; the first call is the eager warm-up and the capture."""
+    import numpy as np
+
+    import miniran.functional as F
+    from miniran import backend, models, optim
+    from miniran.train.cuda_graph import CapturedStep
+
+    cp = backend.cupy_module()
+    net = models.get_model(name, num_classes=10, seed=0).to("gpu")
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, flat=True)
+    total = warmup + steps + 1
+    step = CapturedStep(net, opt, F.cross_entropy, schedule=optim.CosineLR(opt, total), batch_size=batch)
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    y = cp.asarray(rng.integers(0, 10, batch))
+    seconds = _time_steps(lambda: step(x, y), cp.cuda.Device().synchronize, steps, warmup + 1)
+    del net, opt, step, x, y
+    cp.get_default_memory_pool().free_all_blocks()
+    return seconds
 
 
 def bench_torch(torch, name, batch, steps, warmup):
@@ -165,7 +191,7 @@ def main(argv=None):
     info.update(gpu_name())
 
     rows = []
-    print(f"{'model':<12} {'batch':>5}  {'train img/s':>11} {'torch':>9} {'ratio':>6}  "
+    print(f"{'model':<12} {'batch':>5}  {'train img/s':>11} {'graph':>7} {'torch':>9} {'ratio':>6}  "
           f"{'eval img/s':>10} {'torch':>9} {'ratio':>6}  {'peak MiB':>8} {'torch':>7}")
     for name in models_:
         for batch in batches:
@@ -179,7 +205,7 @@ def main(argv=None):
 
             def f(v, spec):
                 return format(v, spec) if v is not None else "-"
-            print(f"{name:<12} {batch:>5}  {mr['train_img_s']:>11.0f} "
+            print(f"{name:<12} {batch:>5}  {mr['train_img_s']:>11.0f} {mr['graph_train_img_s']:>7.0f} "
                   f"{f(tt and tt['train_img_s'], '>9.0f'):>9} {f(row.get('train_ratio'), '>6.2f'):>6}  "
                   f"{mr['eval_img_s']:>10.0f} {f(tt and tt['eval_img_s'], '>9.0f'):>9} "
                   f"{f(row.get('eval_ratio'), '>6.2f'):>6}  {mr['peak_mib']:>8.0f} "

@@ -25,7 +25,7 @@ def test_bench_gpu_smoke_run(cp, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["model"] == "attention56" and rows[0]["miniran"]["train_img_s"] > 0
-    assert rows[0]["miniran"]["peak_mib"] > 0
+    assert rows[0]["miniran"]["peak_mib"] > 0 and rows[0]["miniran"]["graph_train_img_s"] > 0
 
 
 def test_gpu_check_summarises_what_it_ran(tmp_path):

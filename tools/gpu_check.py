@@ -476,7 +476,8 @@ def write_summary(out, summary):
         lines.append(f"- {name}: {stage}")
     for row in summary.get("bench", {}).get("rows", []):
         mr, tt = row["miniran"], row.get("torch")
-        lines.append(f"- {row['model']} batch {row['batch']}: train {mr['train_img_s']:.0f} img/s, "
+        graph = f" ({mr['graph_train_img_s']:.0f} as a CUDA graph)" if "graph_train_img_s" in mr else ""
+        lines.append(f"- {row['model']} batch {row['batch']}: train {mr['train_img_s']:.0f} img/s{graph}, "
                      f"eval {mr['eval_img_s']:.0f} img/s, peak {mr['peak_mib']:.0f} MiB"
                      + (f"; torch train {tt['train_img_s']:.0f} img/s (ratio {row['train_ratio']:.2f}), "
                         f"eval {tt['eval_img_s']:.0f} img/s (ratio {row['eval_ratio']:.2f})" if tt else ""))
