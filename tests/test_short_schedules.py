@@ -138,3 +138,16 @@ def test_frozen_layers_get_no_gradient_and_record_no_graph(rng):
     assert all(p.grad is not None for p in head.parameters())
     body.requires_grad_()
     assert all(p.requires_grad for p in body.parameters())
+
+
+def test_init_that_cannot_be_read_is_one_clear_line(tmp_path, monkeypatch):
+    from miniran.train import trainer
+    path = tmp_path / "weights.npz"
+    save_arrays(path, {"model/x": np.zeros(3)})
+
+    def refused(_):  # what a file without read permission gives a user who is not root
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(trainer, "load_arrays", refused)
+    with pytest.raises(ValueError, match=r"^--init .*weights.npz cannot be read \(Permission denied\)$"):
+        init_weights(models.attention56(num_classes=10, seed=0), str(path))

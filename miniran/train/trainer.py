@@ -435,6 +435,8 @@ def init_weights(model, init: str) -> str:
         arrays = load_arrays(path)
     except ValueError as exc:
         raise ValueError(f"--init {init}: {exc}") from exc
+    except OSError as exc:  # a folder, no permission to read
+        raise ValueError(f"--init {init}: {path} cannot be read ({exc.strerror or exc})") from exc
     state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     if not state:
         raise ValueError(f"--init {init}: {path} holds no 'model/' weights (not a miniran checkpoint or export)")
