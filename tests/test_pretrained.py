@@ -141,6 +141,33 @@ def test_export_of_a_fine_tuned_run_records_what_it_started_from(tmp_path):
     assert "--schedule onecycle" in meta["command"]
 
 
+def test_export_of_a_chain_of_fine_tunes_records_every_run(tmp_path):
+    """Shipped weights -> run A (--init the name) -> run B (--init A's checkpoint): B's json
+    names A's checkpoint, A's command and metrics, and under it the shipped weights;
+    the epochs in all add up along the chain."""
+    if not models.pretrained_available():
+        pytest.skip("the shipped weights are not in this copy")
+    before = models.pretrained_metadata()
+    common = dict(dataset="cifar10-sample", subset=20, test_subset=10, batch_size=10, max_steps=1)
+    first = TrainConfig(**common, init="attention56_cifar10", out=str(tmp_path / "a"))
+    train(first, progress=False, log=lambda *a: None)
+    second = TrainConfig(**common, init=str(tmp_path / "a" / "checkpoint.npz"), lr=0.01, out=str(tmp_path / "b"))
+    train(second, progress=False, log=lambda *a: None)
+    tool = _tool()
+    _, js = tool.export(tmp_path / "b", out_dir=tmp_path / "out", sample_images=20, log=lambda *a: None)
+    meta = json.loads(js.read_text())
+    parent = meta["started_from"]
+    assert parent["file"] == str(tmp_path / "a" / "checkpoint.npz")
+    assert "--init attention56_cifar10" in parent["command"] and parent["epochs"] == 1 and parent["steps"] == 1
+    assert len(parent["metrics"]) == 1 and parent["test_accuracy"] == parent["metrics"][0]["test_acc"]
+    root = parent["started_from"]
+    assert root["pretrained"] == "attention56_cifar10" and root["command"] == before["command"]
+    assert meta["epochs_in_all"] == before.get("epochs_in_all", before["epochs"]) + 2
+    # a weights file that is not a run's checkpoint is named by its path only
+    assert tool.started_from(str(models.pretrained_path("attention56_cifar10"))) == {
+        "file": str(models.pretrained_path("attention56_cifar10"))}
+
+
 def test_export_refuses_another_network(tiny_run, tmp_path):
     arrays = load_arrays(tiny_run / "checkpoint.npz")
     config = json.loads(str(arrays["meta/config"]))

@@ -118,19 +118,51 @@ def _machine(config: TrainConfig) -> dict:
     return info
 
 
-def started_from(init) -> dict | None:
-    """What a run given ``--init`` started from: for a pretrained name, the summary of those
-    weights' own json (read before an export replaces it); for a file, its path."""
+def started_from(init, _seen=()) -> dict | None:
+    """What a run given ``--init`` started from, back to the first run of the chain.
+
+    A pretrained name: the summary of those weights' own json (read before an
+    export replaces it). A run's ``checkpoint.npz``: its command, epochs, steps
+    and metrics, and, under ``started_from``, what that run started from in
+    turn. Any other file (an exported weights file): its path only.
+    """
     if init is None:
         return None
     if init not in pt.PRETRAINED:
-        return {"file": init}
+        record = {"file": init}
+        try:
+            ckpt = Checkpoint(init)
+        except (OSError, ValueError):  # an exported weights file, or a file that is gone
+            return record
+        here = os.path.realpath(init)
+        if here in _seen:
+            return {**record, "note": "this file appears twice in the chain; not followed further"}
+        try:
+            rows = [r for r in read_metrics(os.path.dirname(init) or ".") if r["step"] <= ckpt.step]
+        except (OSError, ValueError):
+            rows = []
+        record.update(command=command_from_config(ckpt.config), epochs=ckpt.epoch, steps=ckpt.step)
+        if rows:
+            record.update(test_accuracy=rows[-1].get("test_acc"),
+                          training_seconds=round(sum(r.get("seconds", 0.0) for r in rows), 1), metrics=rows)
+        record["started_from"] = started_from(ckpt.config.get("init"), _seen + (here,))
+        return record
     try:
         before = pt.pretrained_metadata(init)
     except (OSError, ValueError):
         return {"pretrained": init, "note": "its json could not be read"}
-    keys = ("command", "epochs", "steps", "training_seconds", "test_accuracy", "trained_until", "metrics")
+    keys = ("command", "epochs", "epochs_in_all", "steps", "training_seconds", "test_accuracy", "trained_until",
+            "started_from", "metrics")
     return {"pretrained": init, **{k: before[k] for k in keys if k in before}}
+
+
+def epochs_before(origin) -> int:
+    """The epochs trained before a run, summed along its ``started_from`` chain."""
+    if not origin:
+        return 0
+    if "pretrained" in origin:  # a shipped file already counts everything before it
+        return int(origin.get("epochs_in_all", origin.get("epochs")) or 0)
+    return int(origin.get("epochs") or 0) + epochs_before(origin.get("started_from"))
 
 
 def _evaluate(model, images, labels, mean, std, device):
@@ -242,7 +274,7 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
         "epochs": ckpt.epoch,
         "steps": ckpt.step,
         "started_from": origin,
-        "epochs_in_all": ckpt.epoch + ((origin or {}).get("epochs") or 0),
+        "epochs_in_all": ckpt.epoch + epochs_before(origin),
         "training_seconds": round(sum(r.get("seconds", 0.0) for r in metrics), 1),
         "metrics": metrics,
         "accuracy": accuracy,
