@@ -163,6 +163,7 @@ def test_export_of_a_chain_of_fine_tunes_records_every_run(tmp_path):
     root = parent["started_from"]
     assert root["pretrained"] == "attention56_cifar10" and root["command"] == before["command"]
     assert meta["epochs_in_all"] == before.get("epochs_in_all", before["epochs"]) + 2
+    assert meta["steps_in_all"] == before.get("steps_in_all", before["steps"]) + 2
     # a weights file that is not a run's checkpoint is named by its path only
     assert tool.started_from(str(models.pretrained_path("attention56_cifar10"))) == {
         "file": str(models.pretrained_path("attention56_cifar10"))}

@@ -151,18 +151,18 @@ def started_from(init, _seen=()) -> dict | None:
         before = pt.pretrained_metadata(init)
     except (OSError, ValueError):
         return {"pretrained": init, "note": "its json could not be read"}
-    keys = ("command", "epochs", "epochs_in_all", "steps", "training_seconds", "test_accuracy", "trained_until",
+    keys = ("command", "epochs", "epochs_in_all", "steps", "steps_in_all", "training_seconds", "test_accuracy", "trained_until",
             "started_from", "metrics")
     return {"pretrained": init, **{k: before[k] for k in keys if k in before}}
 
 
-def epochs_before(origin) -> int:
-    """The epochs trained before a run, summed along its ``started_from`` chain."""
+def trained_before(origin, what="epochs") -> int:
+    """The epochs (or steps) trained before a run, summed along its ``started_from`` chain."""
     if not origin:
         return 0
     if "pretrained" in origin:  # a shipped file already counts everything before it
-        return int(origin.get("epochs_in_all", origin.get("epochs")) or 0)
-    return int(origin.get("epochs") or 0) + epochs_before(origin.get("started_from"))
+        return int(origin.get(f"{what}_in_all", origin.get(what)) or 0)
+    return int(origin.get(what) or 0) + trained_before(origin.get("started_from"), what)
 
 
 def _evaluate(model, images, labels, mean, std, device):
@@ -274,7 +274,8 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
         "epochs": ckpt.epoch,
         "steps": ckpt.step,
         "started_from": origin,
-        "epochs_in_all": ckpt.epoch + epochs_before(origin),
+        "epochs_in_all": ckpt.epoch + trained_before(origin, "epochs"),
+        "steps_in_all": ckpt.step + trained_before(origin, "steps"),
         "training_seconds": round(sum(r.get("seconds", 0.0) for r in metrics), 1),
         "metrics": metrics,
         "accuracy": accuracy,
