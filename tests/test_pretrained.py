@@ -141,6 +141,15 @@ def test_export_of_a_fine_tuned_run_records_what_it_started_from(tmp_path):
     assert "--schedule onecycle" in meta["command"]
 
 
+def test_the_shipped_files_name_no_data_folder_of_the_training_machine():
+    tool = _tool()
+    config = {**TrainConfig().__dict__, "data_dir": "/home/someone/cifar", "epochs": 2}
+    public = tool.public_config(config)
+    assert public["data_dir"] == "DIR" and config["data_dir"] == "/home/someone/cifar"
+    assert "--data-dir DIR" in tool.command_from_config(public) and "/home/someone" not in tool.command_from_config(public)
+    assert tool.public_config({**config, "data_dir": None})["data_dir"] is None
+
+
 def test_export_of_a_chain_of_fine_tunes_records_every_run(tmp_path):
     """Shipped weights -> run A (--init the name) -> run B (--init A's checkpoint): B's json
     names A's checkpoint, A's command and metrics, and under it the shipped weights;

@@ -89,6 +89,12 @@ def command_from_config(config: dict) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def public_config(config: dict) -> dict:
+    """A run's configuration as the shipped files record it: the data folder, a path on the machine
+    that trained it and meaningless elsewhere, becomes ``DIR`` (as in the documented commands)."""
+    return {**config, "data_dir": "DIR"} if config.get("data_dir") else dict(config)
+
+
 def half_state(state: dict) -> dict:
     """Parameters in float16, batch-norm running statistics (and anything else) in float32."""
     out = {}
@@ -141,7 +147,7 @@ def started_from(init, _seen=()) -> dict | None:
             rows = [r for r in read_metrics(os.path.dirname(init) or ".") if r["step"] <= ckpt.step]
         except (OSError, ValueError):
             rows = []
-        record.update(command=command_from_config(ckpt.config), epochs=ckpt.epoch, steps=ckpt.step)
+        record.update(command=command_from_config(public_config(ckpt.config)), epochs=ckpt.epoch, steps=ckpt.step)
         if rows:
             record.update(test_accuracy=rows[-1].get("test_acc"),
                           training_seconds=round(sum(r.get("seconds", 0.0) for r in rows), 1), metrics=rows)
@@ -248,7 +254,7 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
     arrays["meta/num_classes"] = np.int64(10)
     arrays["meta/weights_dtype"] = np.array("float16" if use_half else "float32")
     arrays["meta/format"] = np.int64(pt.FORMAT_VERSION)
-    arrays["meta/config"] = np.array(json.dumps(ckpt.config, sort_keys=True))
+    arrays["meta/config"] = np.array(json.dumps(public_config(ckpt.config), sort_keys=True))
     arrays["meta/classes"] = np.array(data.class_names(config.dataset))
     npz_path = out_dir / f"{NAME}.npz"
     save_arrays(npz_path, arrays)
@@ -268,9 +274,9 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
         "name": NAME,
         "model": config.model,
         "dataset": config.dataset,
-        "command": command or command_from_config(ckpt.config),
+        "command": command or command_from_config(public_config(ckpt.config)),
         "command_source": "given with --command" if command else "rebuilt from the checkpoint's configuration",
-        "config": ckpt.config,
+        "config": public_config(ckpt.config),
         "epochs": ckpt.epoch,
         "steps": ckpt.step,
         "started_from": origin,
