@@ -291,6 +291,23 @@ def test_shipped_files_agree():
     assert meta["model"] == "attention56" and meta["metrics"] and meta["epochs"] == meta["metrics"][-1]["epoch"]
     with np.load(path, allow_pickle=False) as f:
         assert str(f["meta/weights_dtype"]) == meta["weights_dtype"]
+        assert json.loads(str(f["meta/config"]))["data_dir"] in (None, "DIR")
+
+
+@shipped
+def test_shipped_json_chain_adds_up():
+    """A file fine-tuned from earlier runs: every run of the chain has its command and metrics, and
+    epochs_in_all / steps_in_all are the sums along the chain."""
+    meta = models.pretrained_metadata()
+    epochs, steps, record = 0, 0, meta
+    while record:
+        assert record["command"].startswith("miniran train ") and record["metrics"], record.get("file")
+        assert record["metrics"][-1]["epoch"] == record["epochs"] and record["metrics"][-1]["step"] == record["steps"]
+        assert "config" not in record or record["config"]["data_dir"] in (None, "DIR")
+        epochs, steps = epochs + record["epochs"], steps + record["steps"]
+        record = record.get("started_from")
+    assert meta.get("epochs_in_all", meta["epochs"]) == epochs
+    assert meta.get("steps_in_all", meta["steps"]) == steps
 
 
 # ------------------------------------------------------------------ damaged copies of the shipped file
