@@ -136,7 +136,8 @@ def test_export_of_a_fine_tuned_run_records_what_it_started_from(tmp_path):
     origin = meta["started_from"]
     assert origin["pretrained"] == "attention56_cifar10" and origin["command"] == before["command"]
     assert origin["metrics"] == before["metrics"] and origin["test_accuracy"] == before["test_accuracy"]
-    assert meta["epochs_in_all"] == before["epochs"] + 1
+    assert meta["epochs_in_all"] == before.get("epochs_in_all", before["epochs"]) + 1
+    assert meta["steps_in_all"] == before.get("steps_in_all", before["steps"]) + 1
     assert "--init attention56_cifar10" in meta["command"] and "--label-smoothing 0.1" in meta["command"]
     assert "--schedule onecycle" in meta["command"]
 
