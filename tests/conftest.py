@@ -25,6 +25,18 @@ if USING_STANDIN:
 import miniran  # noqa: E402  (after the stand-in is on the path)
 CIFAR10_DIR = Path(os.environ.get("MINIRAN_CIFAR10_DIR", ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"))
 
+
+
+def load_tool(name):
+    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 requires_gpu = pytest.mark.skipif(not miniran.cuda_available(), reason="no usable CUDA GPU (CuPy missing or no device)")
 
 

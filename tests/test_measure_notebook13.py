@@ -9,29 +9,20 @@ shapes exercise 2 names. The measurement itself (minutes) is not run here.
 
 from __future__ import annotations
 
-import importlib.util
-import time
-from pathlib import Path
 
 import numpy as np
 
 import miniran
-import miniran.functional as F
-from miniran import Tensor, data, models, nn, optim
-
-ROOT = Path(__file__).resolve().parents[1]
+from miniran import Tensor, models
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("measure_notebook13", ROOT / "tools" / "measure_notebook13.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("measure_notebook13")
 
 
 def _namespace():
-    return {"np": np, "time": time, "miniran": miniran, "F": F, "Tensor": Tensor, "data": data, "models": models,
-            "nn": nn, "optim": optim, "mean": np.zeros((3, 32, 32), np.float32), "std": np.ones(3, np.float32)}
+    return _tool().notebook_namespace(np.zeros((3, 32, 32), np.float32), np.ones(3, np.float32))
 
 
 def test_the_notebook_definitions_are_found_and_nothing_else_runs():

@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,15 +23,11 @@ from miniran import data, models
 from miniran.models import pretrained as pt
 from miniran.nn import load_arrays, save_arrays
 from miniran.train.trainer import TrainConfig, evaluate, train
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_pretrained", ROOT / "tools" / "export_pretrained.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("export_pretrained")
 
 
 @pytest.fixture(scope="module")

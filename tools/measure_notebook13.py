@@ -44,6 +44,12 @@ import miniran.functional as F  # noqa: E402
 from miniran import Tensor, data, models, nn, optim  # noqa: E402
 
 
+def notebook_namespace(mean, std) -> dict:
+    """The names the notebook's definitions use (its imports, and the normalisation ``mean``, ``std``)."""
+    return {"np": np, "time": time, "miniran": miniran, "F": F, "Tensor": Tensor, "data": data, "models": models,
+            "nn": nn, "optim": optim, "mean": mean, "std": std}
+
+
 def notebook_definitions(namespace: dict) -> dict:
     """Execute the notebook's top-level ``def`` and ``class`` statements (nothing else) in ``namespace``."""
     cells = json.loads(NOTEBOOK.read_text())["cells"]
@@ -116,9 +122,7 @@ def measure(epochs=2, fast=False) -> dict:
         x_train, y_train, x_test, y_test = x_train[tr], y_train[tr], x_test[te], y_test[te]
         epochs = 1
     shipped = models.attention56(pretrained=True)
-    ns = {"np": np, "time": time, "miniran": miniran, "F": F, "Tensor": Tensor, "data": data, "models": models,
-          "nn": nn, "optim": optim, "mean": shipped.pretrained_info["mean"], "std": shipped.pretrained_info["std"]}
-    notebook_definitions(ns)
+    ns = notebook_definitions(notebook_namespace(shipped.pretrained_info["mean"], shipped.pretrained_info["std"]))
     results = {"epochs": epochs, "train_images": int(len(y_train)), "test_images": int(len(y_test))}
 
     for name, stages in (("notebook", 2), ("keep_less", 1), ("keep_more", 3)):
