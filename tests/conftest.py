@@ -26,7 +26,6 @@ import miniran  # noqa: E402  (after the stand-in is on the path)
 CIFAR10_DIR = Path(os.environ.get("MINIRAN_CIFAR10_DIR", ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"))
 
 
-
 def load_tool(name):
     """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
     import importlib.util

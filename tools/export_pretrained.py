@@ -95,6 +95,11 @@ def public_config(config: dict) -> dict:
     return {**config, "data_dir": "DIR"} if config.get("data_dir") else dict(config)
 
 
+def seconds_of(rows) -> float:
+    """The training time of a run: the sum of its metrics rows' seconds."""
+    return round(sum(r.get("seconds", 0.0) for r in rows), 1)
+
+
 def half_state(state: dict) -> dict:
     """Parameters in float16, batch-norm running statistics (and anything else) in float32."""
     out = {}
@@ -150,7 +155,7 @@ def started_from(init, _seen=()) -> dict | None:
         record.update(command=command_from_config(public_config(ckpt.config)), epochs=ckpt.epoch, steps=ckpt.step)
         if rows:
             record.update(test_accuracy=rows[-1].get("test_acc"),
-                          training_seconds=round(sum(r.get("seconds", 0.0) for r in rows), 1), metrics=rows)
+                          training_seconds=seconds_of(rows), metrics=rows)
         record["started_from"] = started_from(ckpt.config.get("init"), _seen + (here,))
         return record
     try:
@@ -185,6 +190,7 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
     out_dir = Path(out_dir) if out_dir is not None else pt.PRETRAINED_DIR
     ckpt = Checkpoint(run_dir / "checkpoint.npz")
     config = TrainConfig(**ckpt.config)
+    recorded = public_config(ckpt.config)  # what the shipped files say of the run
     origin = started_from(config.init)  # before this export replaces the weights it names
     if data.num_classes(config.dataset) != 10:
         raise ValueError(f"the run was trained on {config.dataset}; {NAME} needs a 10-class dataset")
@@ -254,7 +260,7 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
     arrays["meta/num_classes"] = np.int64(10)
     arrays["meta/weights_dtype"] = np.array("float16" if use_half else "float32")
     arrays["meta/format"] = np.int64(pt.FORMAT_VERSION)
-    arrays["meta/config"] = np.array(json.dumps(public_config(ckpt.config), sort_keys=True))
+    arrays["meta/config"] = np.array(json.dumps(recorded, sort_keys=True))
     arrays["meta/classes"] = np.array(data.class_names(config.dataset))
     npz_path = out_dir / f"{NAME}.npz"
     save_arrays(npz_path, arrays)
@@ -274,15 +280,15 @@ def export(run_dir, out_dir=None, data_dir=None, command=None, max_drop=0.2, ski
         "name": NAME,
         "model": config.model,
         "dataset": config.dataset,
-        "command": command or command_from_config(public_config(ckpt.config)),
+        "command": command or command_from_config(recorded),
         "command_source": "given with --command" if command else "rebuilt from the checkpoint's configuration",
-        "config": public_config(ckpt.config),
+        "config": recorded,
         "epochs": ckpt.epoch,
         "steps": ckpt.step,
         "started_from": origin,
         "epochs_in_all": ckpt.epoch + trained_before(origin, "epochs"),
         "steps_in_all": ckpt.step + trained_before(origin, "steps"),
-        "training_seconds": round(sum(r.get("seconds", 0.0) for r in metrics), 1),
+        "training_seconds": seconds_of(metrics),
         "metrics": metrics,
         "accuracy": accuracy,
         "weights_dtype": "float16" if use_half else "float32",

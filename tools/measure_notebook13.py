@@ -131,13 +131,14 @@ def measure(epochs=2, fast=False) -> dict:
         h_train, h_test = ns["features"](bottom, x_train), ns["features"](bottom, x_test)
         feature_seconds = time.perf_counter() - start
         head = TopFrom(models.attention56(seed=1), stages)
+        parameters = int(sum(p.data.size for p in head.parameters()))
         print(f"{name}: {stages} stage(s) frozen, features {h_train.shape[1:]} in {feature_seconds:.0f} s, "
-              f"fresh top of {sum(p.data.size for p in head.parameters()):,} parameters", flush=True)
+              f"fresh top of {parameters:,} parameters", flush=True)
         if name == "notebook":
             results["shipped_own_top"] = ns["accuracy"](ns["Top"](shipped), h_test, y_test)
         history = ns["train_top"](head, h_train, y_train, h_test, y_test, epochs)
         results[name] = {"frozen_stages": stages, "feature_seconds": round(feature_seconds, 1),
-                         "parameters": int(sum(p.data.size for p in head.parameters())),
+                         "parameters": parameters,
                          "seconds_per_epoch": round(history[-1]["seconds"] / epochs, 1),
                          "test_acc": [round(r["test_acc"], 4) for r in history]}
         if name == "notebook":
