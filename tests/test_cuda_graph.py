@@ -291,6 +291,34 @@ def test_training_with_a_cuda_graph_equals_the_eager_run(tmp_path, cp, standin):
     assert b.config["cuda_graph"] is True
 
 
+@pytest.mark.gpu
+def test_a_graph_run_resumed_within_an_epoch_equals_the_uninterrupted_one(tmp_path, cp, standin):
+    """--cuda-graph with --checkpoint-every 3, stopped after step 7 and resumed from step 6: the epoch's
+    device sums go on from the checkpoint's, and the weights and lines are the uninterrupted run's."""
+    from miniran.train.checkpoint import Checkpoint
+    from miniran.train.trainer import TrainConfig, train
+
+    tiny = dict(model="attention56", dataset="cifar10-sample", subset=8, test_subset=4, batch_size=2, seed=3,
+                epochs=2, schedule="onecycle", device="gpu", cuda_graph=True, checkpoint_every=3)
+    full = train(TrainConfig(**tiny, out=str(tmp_path / "full")), progress=False, log=lambda *a: None)
+
+    def interrupt(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**tiny, out=str(tmp_path / "cut")), progress=False, log=lambda *a: None,
+              on_step=interrupt)
+    assert Checkpoint(tmp_path / "cut" / "checkpoint.npz").epoch_sums["seen"] == 4
+    cut = train(TrainConfig(**tiny, out=str(tmp_path / "cut")), resume=True, progress=False, log=lambda *a: None)
+    timings = ("seconds", "train_seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in full] == \
+           [{k: v for k, v in r.items() if k not in timings} for r in cut]
+    a, b = (Checkpoint(tmp_path / name / "checkpoint.npz") for name in ("full", "cut"))
+    for key in a.model:
+        np.testing.assert_array_equal(a.model[key], b.model[key], err_msg=key)
+
+
 def test_cuda_graph_without_the_gpu_is_one_line(tmp_path):
     from cli_helpers import TINY_ARGS, assert_one_line_error, run_cli
 

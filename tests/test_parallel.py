@@ -259,6 +259,26 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
         assert checkpoint_format(out_dir / "checkpoint.npz") == one_process_format
 
 
+@requires_mpi
+def test_two_processes_resume_from_a_checkpoint_within_the_epoch(tmp_path):
+    """--checkpoint-every on 2 processes: interrupted after step 7 (the checkpoint of step 6, half way
+    through epoch 2, is on disk), resumed on 2 processes, it ends as the uninterrupted run."""
+    args = ["--dataset", "cifar10-sample", "--subset", "32", "--test-subset", "10", "--batch-size", "8",
+            "--seed", "3", "--epochs", "2", "--schedule", "cosine", "--checkpoint-every", "3", "--no-progress"]
+    ok(train_cli(*args, "--out", tmp_path / "full"))
+    status, out, err, _ = script("interrupt_at_step.py", tmp_path / "cut", 7, 3)
+    assert status != 0 and "interrupted" in err, f"status {status}\nstdout:\n{out}\nstderr:\n{err}"
+    ckpt = Checkpoint(tmp_path / "cut" / "checkpoint.npz")
+    assert ckpt.step == 6 and ckpt.epoch_sums["seen"] == 16  # 2 steps of 8 images, over both processes
+    ok(train_cli("--resume", "--no-progress", "--out", tmp_path / "cut"))
+    with np.load(tmp_path / "full" / "checkpoint.npz") as a, np.load(tmp_path / "cut" / "checkpoint.npz") as b:
+        for key in (k for k in a.files if k.startswith("model/")):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
+    keys = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
+    assert [[r[k] for k in keys] for r in full] == [[r[k] for k in keys] for r in cut]
+
+
 # -- 6. rank 0 alone writes, logs and shows progress ------------------------------------------------
 
 

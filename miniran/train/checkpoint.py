@@ -8,7 +8,11 @@ Layout of the arrays in the file:
   loader's position and random state, so a resumed run draws the same batches;
 * ``data/mean``, ``data/std``: the normalisation statistics of the training set;
 * ``meta/step``, ``meta/epoch``, ``meta/config``: progress and the run's
-  configuration as JSON text.
+  configuration as JSON text;
+* ``epoch/loss_sum``, ``epoch/correct``, ``epoch/seen``, ``epoch/train_seconds``
+  (only in a checkpoint written in the middle of an epoch): the epoch's
+  training sums so far, so a resumed epoch reports the same averages as an
+  uninterrupted one.
 
 :func:`miniran.nn.save_arrays` writes to a temporary file, fsyncs it and renames
 it over the old checkpoint (:func:`miniran._io.atomic_write`), so an
@@ -45,7 +49,12 @@ def _section(arrays, prefix):
     return {k[len(start):]: v for k, v in arrays.items() if k.startswith(start)}
 
 
-def save_checkpoint(path, *, model, optimizer, schedule, loader, step, epoch, config, mean, std):
+def save_checkpoint(path, *, model, optimizer, schedule, loader, step, epoch, config, mean, std, epoch_sums=None):
+    """Write the run's state to ``path`` atomically.
+
+    ``epoch_sums`` (a checkpoint in the middle of an epoch): the epoch's
+    ``loss_sum``, ``correct``, ``seen`` and ``train_seconds`` so far.
+    """
     arrays = {}
     arrays.update(_flatten("model", model.state_dict()))
     arrays.update(_flatten("optim", optimizer.state_dict()))
@@ -56,6 +65,11 @@ def save_checkpoint(path, *, model, optimizer, schedule, loader, step, epoch, co
     arrays["meta/step"] = np.int64(step)
     arrays["meta/epoch"] = np.int64(epoch)
     arrays["meta/config"] = np.array(json.dumps(config, sort_keys=True))
+    if epoch_sums is not None:
+        arrays["epoch/loss_sum"] = np.float64(epoch_sums["loss_sum"])
+        arrays["epoch/correct"] = np.int64(epoch_sums["correct"])
+        arrays["epoch/seen"] = np.int64(epoch_sums["seen"])
+        arrays["epoch/train_seconds"] = np.float64(epoch_sums["train_seconds"])
     save_arrays(path, arrays)
 
 
@@ -71,6 +85,9 @@ SCALARS = {
     "loader/epoch": "count", "loader/position": "count", "loader/rng_state": "text",
     "loader/num_samples": "size", "loader/batch_size": "size",
 }
+#: the training sums of a checkpoint written in the middle of an epoch: all of them, or none
+EPOCH_SUMS = {"epoch/loss_sum": "number", "epoch/correct": "count", "epoch/seen": "count",
+              "epoch/train_seconds": "number"}
 _KINDS = {"count": ("iu", "a whole number"), "size": ("iu", "a whole number"), "number": ("iuf", "a number"),
           "bool": ("biu", "true or false"), "text": ("U", "a text")}
 
@@ -82,7 +99,12 @@ def _check_scalars(path, arrays):
         raise ValueError(f"{path} has no 'meta/config' entry: not a miniran training checkpoint")
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: damaged, or not written by miniran train")
-    for key, what in SCALARS.items():
+    present = [k for k in EPOCH_SUMS if k in arrays]
+    if present and len(present) < len(EPOCH_SUMS):
+        absent = [k for k in EPOCH_SUMS if k not in arrays]
+        raise ValueError(f"checkpoint {path} has {', '.join(present)} but lacks {', '.join(absent)}: the "
+                         f"epoch's training sums come together; damaged, or not written by miniran train")
+    for key, what in {**SCALARS, **(EPOCH_SUMS if present else {})}.items():
         value = arrays[key]
         kinds, expected = _KINDS[what]
         if value.shape != () or value.dtype.kind not in kinds:
@@ -90,7 +112,8 @@ def _check_scalars(path, arrays):
                              f"{value.shape} ({value.dtype}): damaged, or not written by miniran train")
         if what == "number" and not math.isfinite(float(value)):
             raise ValueError(f"checkpoint {path}: entry '{key}' is {float(value)}, expected a finite number")
-        if what in ("count", "size") and int(value) < (1 if what == "size" else 0):
+        if (what in ("count", "size") and int(value) < (1 if what == "size" else 0)) or \
+                (key.startswith("epoch/") and float(value) < 0):
             raise ValueError(f"checkpoint {path}: entry '{key}' is {int(value)}, expected a whole number "
                              f">= {1 if what == 'size' else 0}: the checkpoint contradicts itself")
 
@@ -106,6 +129,13 @@ def _check_progress(path, arrays):
         raise ValueError(f"checkpoint {path}: entry 'meta/step' is {step}, but its loader entries say "
                          f"{epoch * per_epoch + position} steps were taken (loader/epoch {epoch}, loader/position "
                          f"{position}, {per_epoch} batches per epoch): the checkpoint contradicts itself")
+    if "epoch/seen" in arrays:
+        seen, correct = int(arrays["epoch/seen"]), int(arrays["epoch/correct"])
+        most = position * int(arrays["loader/batch_size"])
+        if not 0 < position < per_epoch or seen > most or correct > seen:
+            raise ValueError(f"checkpoint {path}: its epoch sums (epoch/seen {seen}, epoch/correct {correct}) do "
+                             f"not fit {position} of {per_epoch} batches of at most {arrays['loader/batch_size']} "
+                             f"images: the checkpoint contradicts itself")
 
 
 def _check_values(path, arrays):
@@ -153,3 +183,9 @@ class Checkpoint:
         self.loader = {k: (str(v) if v.dtype.kind == "U" else v) for k, v in _section(arrays, "loader").items()}
         self.mean = arrays["data/mean"]
         self.std = arrays["data/std"]
+        #: the training sums of the epoch in progress (a checkpoint written in its middle), else None
+        self.epoch_sums = None
+        if "epoch/seen" in arrays:
+            self.epoch_sums = {"loss_sum": float(arrays["epoch/loss_sum"]), "correct": int(arrays["epoch/correct"]),
+                               "seen": int(arrays["epoch/seen"]),
+                               "train_seconds": float(arrays["epoch/train_seconds"])}

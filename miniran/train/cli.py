@@ -51,6 +51,9 @@ def _add_train_options(p):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="output folder: metrics.jsonl, checkpoint.npz, curves.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also write OUT/checkpoint.npz every N steps within an epoch, so that an interruption "
+                        "loses at most N steps (default: at the end of each epoch only)")
     p.add_argument("--force", action="store_true",
                    help="start over in an OUT folder that holds a run (its metrics and checkpoint are replaced)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

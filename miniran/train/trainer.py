@@ -6,7 +6,9 @@ batch 64, learning rate 0.1 divided by 10 at 64k and 96k of 160k iterations,
 paper`` scales those milestones to any run length (40% and 60%).
 
 After every epoch the run evaluates on the test set, appends one JSON line to
-``metrics.jsonl``, and writes ``checkpoint.npz`` atomically. ``resume=True``
+``metrics.jsonl``, and writes ``checkpoint.npz`` atomically; with
+``checkpoint_every=N`` it also writes the checkpoint every N steps within an
+epoch, so an interruption loses at most N steps. ``resume=True``
 continues from that checkpoint with the same model, optimiser, schedule and
 loader state, so an interrupted run ends with the same weights as an
 uninterrupted one.
@@ -76,6 +78,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     sync_bn: bool = False  # data-parallel runs: batch-norm statistics over the global batch
     cuda_graph: bool = False  # --device gpu: one training step captured as a CUDA graph, replayed every step
+    checkpoint_every: int | None = None  # also write the checkpoint every N steps within an epoch
 
     def validate(self):
         if self.model not in models.MODELS:
@@ -84,7 +87,7 @@ class TrainConfig:
             raise ValueError(f"--model {self.model} takes 224x224 images; CIFAR training needs a 32x32 model")
         if self.model == "resnet164" and (self.attention != "mixed" or self.nal or self.mask != "encoder_decoder" or self.mask_bn):
             raise ValueError("resnet164 has no attention modules: --attention, --nal, --mask and --mask-bn do not apply")
-        for name in ("epochs", "max_steps", "subset", "test_subset"):
+        for name in ("epochs", "max_steps", "subset", "test_subset", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -207,7 +210,7 @@ class OutputError(OSError):
 
 
 #: options that may change on ``--resume``; every other one comes from the checkpoint
-RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps", "cuda_graph")
+RESUME_OPTIONS = ("out", "device", "data_dir", "epochs", "max_steps", "cuda_graph", "checkpoint_every")
 RUN_FILES = ("metrics.jsonl", "checkpoint.npz")
 #: files the run writes through a temporary file: the temporaries a killed run left are removed
 WRITTEN_FILES = RUN_FILES + ("curves.png",)
@@ -330,6 +333,7 @@ class _Run:
     lock: object = None  # the folder's lock (miniran._io.FolderLock), held until the run ends
     comm: object = None  # the processes of a data-parallel run (miniran.distributed); rank 0 writes the files
     captured: object = None  # --cuda-graph: the step as a CUDA graph (miniran.train.cuda_graph.CapturedStep)
+    epoch_sums: dict | None = None  # resumed in the middle of an epoch: its training sums so far (rank 0 only)
 
     @property
     def steps_per_epoch(self):
@@ -529,6 +533,8 @@ def _restore(run: _Run, ckpt: Checkpoint, log) -> None:
             raise ValueError(f"checkpoint {run.ckpt_path}: its '{section}/' entries do not fit this run "
                              f"({' '.join(str(exc).split())})") from exc
     run.step = run.saved_step = ckpt.step
+    if ckpt.epoch_sums is not None and run.comm.is_root:  # the saved sums are over every process: counted once
+        run.epoch_sums = ckpt.epoch_sums
     # keep the lines of finished epochs only (a crash may have left one more, or half of one)
     run.history = [r for r in read_metrics(run.metrics_path, warn=log) if r["step"] <= ckpt.step]
     if run.comm.is_root:
@@ -547,8 +553,12 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     if run.captured is not None:  # the graph sums them on the device
         run.captured.reset_sums()
         loss_sum, correct = run.captured.loss_sum, run.captured.correct
-    seen = 0
-    t0 = time.perf_counter()
+    seen, t0 = 0, time.perf_counter()
+    if run.epoch_sums is not None:  # resumed in the middle of this epoch: go on from its sums
+        loss_sum += run.epoch_sums["loss_sum"]
+        correct += run.epoch_sums["correct"]
+        seen, t0 = run.epoch_sums["seen"], t0 - run.epoch_sums["train_seconds"]
+        run.epoch_sums = None
     for x, y in loader:
         x, y = parallel.shard(x, run.comm), parallel.shard(y, run.comm)  # this process's part of the batch
         if run.captured is not None:
@@ -558,7 +568,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
         run.step += 1
         seen += len(y)
         if run.step % sync_every == 0 or run.step == run.total_steps or loader.position == run.steps_per_epoch:
-            running_loss = float(loss_sum) / seen
+            running_loss = float(loss_sum) / max(seen, 1)
             if not math.isfinite(running_loss):
                 raise TrainingDiverged(
                     f"the training loss became {running_loss} at step {run.step} (epoch {epoch}); "
@@ -568,6 +578,10 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(epoch=epoch, loss=f"{running_loss:.3f}", acc=f"{int(correct) / seen:.3f}",
                                 lr=f"{opt.lr:.4g}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+        every = run.config.checkpoint_every
+        if every and run.step % every == 0 and run.step < run.total_steps and loader.position < run.steps_per_epoch:
+            _save_within_epoch(run, epoch, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
+                                            "train_seconds": time.perf_counter() - t0})
         if bar is not None:
             bar.update(1)
         if on_step is not None:
@@ -577,7 +591,35 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
     train_seconds = time.perf_counter() - t0
     loss_total, correct_total, seen = run.comm.sum_values([float(loss_sum), int(correct), seen])
     return {"train_loss": loss_total / max(seen, 1), "train_acc": correct_total / max(seen, 1),
-            "seen": int(seen), "train_seconds": train_seconds, "t0": t0}
+            "loss_sum": loss_total, "correct": int(correct_total), "seen": int(seen), "train_seconds": train_seconds,
+            "t0": t0}
+
+
+def _sums_if_within_epoch(run: _Run, stats: dict) -> dict | None:
+    """The epoch's training sums when the loader stopped in its middle (else None: the epoch is complete)."""
+    if not 0 < run.loader.position < run.steps_per_epoch:
+        return None
+    return {key: stats[key] for key in ("loss_sum", "correct", "seen", "train_seconds")}
+
+
+def _save_within_epoch(run: _Run, epoch: int, sums: dict) -> None:
+    """``checkpoint_every``: the checkpoint in the middle of an epoch, with the epoch's training sums so far.
+
+    No metrics line is written: the epoch has none until it ends. In a
+    data-parallel run every process reaches this step together: the sums are
+    added over the processes and the batch-norm running statistics averaged
+    (as at an epoch's end), so the checkpoint describes one model and the
+    resumed processes start alike.
+    """
+    parallel.average_buffers(run.model, run.comm)
+    loss_sum, correct, seen = run.comm.sum_values([sums["loss_sum"], sums["correct"], sums["seen"]])
+    if run.comm.is_root:
+        sums = {**sums, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
+        _write_or_explain(run, lambda path: save_checkpoint(
+            path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
+            step=run.step, epoch=epoch, config=dataclasses.asdict(run.config), mean=run.loader.mean,
+            std=run.loader.std, epoch_sums=sums), run.ckpt_path)
+    run.saved_step = run.step
 
 
 def _eager_step(run: _Run, x, y, loss_sum, correct) -> None:
@@ -651,8 +693,11 @@ def _record_row(run: _Run, row: dict) -> bool:
     return False
 
 
-def _save_epoch(run: _Run, row: dict) -> None:
+def _save_epoch(run: _Run, row: dict, stats: dict) -> None:
     """Step 4: the metrics line first, then the checkpoint (atomic), so a crash between them redoes the epoch.
+
+    An epoch stopped half way (``--max-steps``) also saves its training sums, so
+    that the resumed epoch's line averages over all of its steps.
 
     Before the first checkpoint there is nothing to resume from: if the
     checkpoint cannot be written (a full disk, Ctrl-C, SIGTERM), the new
@@ -671,7 +716,7 @@ def _save_epoch(run: _Run, row: dict) -> None:
         _write_or_explain(run, lambda path: save_checkpoint(
             path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
             step=run.step, epoch=row["epoch"], config=dataclasses.asdict(run.config), mean=run.loader.mean,
-            std=run.loader.std), run.ckpt_path)
+            std=run.loader.std, epoch_sums=_sums_if_within_epoch(run, stats)), run.ckpt_path)
     except BaseException:
         if take_back:
             with contextlib.suppress(FileNotFoundError):
@@ -720,7 +765,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, log=
             epoch = loader.epoch + (1 if loader.position < run.steps_per_epoch else 2)
             stats = _train_one_epoch(run, epoch, bar, on_step)
             row = _evaluate_epoch(run, epoch, stats)
-            _save_epoch(run, row)
+            _save_epoch(run, row, stats)
             message = (f"epoch {epoch}/{run.total_epochs}  step {run.step}  train loss {row['train_loss']:.4f} "
                        f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                        f"lr {row['lr']:.4g}  {row['images_per_second']:.1f} img/s")
