@@ -18,11 +18,11 @@ out = sys.argv[1]
 save_epoch = trainer._save_epoch
 
 
-def save_every_rank(run, row):
+def save_every_rank(run, row, stats):
     os.makedirs(out, exist_ok=True)  # rank 0 made it already; the others must not race it
     np.savez(os.path.join(out, f"rank{world().rank}.npz"),
              **{name: np.asarray(value) for name, value in run.model.state_dict().items()})
-    save_epoch(run, row)
+    save_epoch(run, row, stats)
 
 
 trainer._save_epoch = save_every_rank
