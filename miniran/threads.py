@@ -19,9 +19,10 @@ _cpu_threads: int | None = None
 _pool = None
 _pool_size = 0
 
-#: below this many elements an array operation is split over no threads:
-#: handing work to a thread costs tens of microseconds
-PARALLEL_MIN_ELEMENTS = 1 << 17
+#: an array operation gets one thread per this many elements (so below it, none):
+#: handing work to a thread costs tens of microseconds, more on a busy machine.
+#: benchmarks/bench_threads.py chose the value (docs/performance.md)
+PARALLEL_MIN_ELEMENTS = 1 << 19
 
 
 def available_cores() -> int:
