@@ -153,7 +153,7 @@ def _at_the_epochs_end(arrays):  # the sums kept, the loader moved to the end of
 CONTRADICTIONS = {
     "seen_beyond_the_batches": (lambda a: a.__setitem__("epoch/seen", np.int64(17)), "epoch/seen"),
     "more_correct_than_seen": (lambda a: a.__setitem__("epoch/correct", np.int64(20)), "epoch/correct"),
-    "negative_loss_sum": (lambda a: a.__setitem__("epoch/loss_sum", np.float64(-1.0)), "epoch/loss_sum"),
+    "negative_loss_sum": (lambda a: a.__setitem__("epoch/loss_sum", np.float64(-1.5)), "'epoch/loss_sum' is -1.5"),
     "nan_loss_sum": (lambda a: a.__setitem__("epoch/loss_sum", np.float64(np.nan)), "epoch/loss_sum"),
     "one_sum_missing": (lambda a: a.pop("epoch/train_seconds"), "epoch/train_seconds"),
     "sums_at_an_epochs_end": (_at_the_epochs_end, "epoch/seen"),

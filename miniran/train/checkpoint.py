@@ -112,10 +112,12 @@ def _check_scalars(path, arrays):
                              f"{value.shape} ({value.dtype}): damaged, or not written by miniran train")
         if what == "number" and not math.isfinite(float(value)):
             raise ValueError(f"checkpoint {path}: entry '{key}' is {float(value)}, expected a finite number")
-        if (what in ("count", "size") and int(value) < (1 if what == "size" else 0)) or \
-                (key.startswith("epoch/") and float(value) < 0):
+        if what in ("count", "size") and int(value) < (1 if what == "size" else 0):
             raise ValueError(f"checkpoint {path}: entry '{key}' is {int(value)}, expected a whole number "
                              f">= {1 if what == 'size' else 0}: the checkpoint contradicts itself")
+        if key.startswith("epoch/") and float(value) < 0:  # sums of losses, counts and seconds
+            raise ValueError(f"checkpoint {path}: entry '{key}' is {float(value)}, expected a number >= 0: "
+                             f"the checkpoint contradicts itself")
 
 
 def _check_progress(path, arrays):
