@@ -595,6 +595,14 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
             "t0": t0}
 
 
+def _write_checkpoint(run: _Run, epoch: int, epoch_sums: dict | None) -> None:
+    """The run's state at this step to ``checkpoint.npz`` (atomic; rank 0 calls it)."""
+    _write_or_explain(run, lambda path: save_checkpoint(
+        path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
+        step=run.step, epoch=epoch, config=dataclasses.asdict(run.config), mean=run.loader.mean,
+        std=run.loader.std, epoch_sums=epoch_sums), run.ckpt_path)
+
+
 def _sums_if_within_epoch(run: _Run, stats: dict) -> dict | None:
     """The epoch's training sums when the loader stopped in its middle (else None: the epoch is complete)."""
     if not 0 < run.loader.position < run.steps_per_epoch:
@@ -614,11 +622,7 @@ def _save_within_epoch(run: _Run, epoch: int, sums: dict) -> None:
     parallel.average_buffers(run.model, run.comm)
     loss_sum, correct, seen = run.comm.sum_values([sums["loss_sum"], sums["correct"], sums["seen"]])
     if run.comm.is_root:
-        sums = {**sums, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
-        _write_or_explain(run, lambda path: save_checkpoint(
-            path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
-            step=run.step, epoch=epoch, config=dataclasses.asdict(run.config), mean=run.loader.mean,
-            std=run.loader.std, epoch_sums=sums), run.ckpt_path)
+        _write_checkpoint(run, epoch, {**sums, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)})
     run.saved_step = run.step
 
 
@@ -713,10 +717,7 @@ def _save_epoch(run: _Run, row: dict, stats: dict) -> None:
             _write_or_explain(run, write_metrics, run.metrics_path, run.history)
         else:
             _write_or_explain(run, append_metrics, run.metrics_path, row)
-        _write_or_explain(run, lambda path: save_checkpoint(
-            path, model=run.model, optimizer=run.optimizer, schedule=run.schedule, loader=run.loader,
-            step=run.step, epoch=row["epoch"], config=dataclasses.asdict(run.config), mean=run.loader.mean,
-            std=run.loader.std, epoch_sums=_sums_if_within_epoch(run, stats)), run.ckpt_path)
+        _write_checkpoint(run, row["epoch"], _sums_if_within_epoch(run, stats))
     except BaseException:
         if take_back:
             with contextlib.suppress(FileNotFoundError):
