@@ -568,7 +568,7 @@ def _train_one_epoch(run: _Run, epoch: int, bar, on_step):
         run.step += 1
         seen += len(y)
         if run.step % sync_every == 0 or run.step == run.total_steps or loader.position == run.steps_per_epoch:
-            running_loss = float(loss_sum) / max(seen, 1)
+            running_loss = float(loss_sum) / seen
             if not math.isfinite(running_loss):
                 raise TrainingDiverged(
                     f"the training loss became {running_loss} at step {run.step} (epoch {epoch}); "
