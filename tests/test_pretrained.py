@@ -173,6 +173,40 @@ def test_export_of_a_chain_of_fine_tunes_records_every_run(tmp_path):
         "file": str(models.pretrained_path("attention56_cifar10"))}
 
 
+def test_a_chain_through_a_replaced_shipped_file_is_recorded_as_it_was(tmp_path, monkeypatch):
+    """Shipped weights S -> run A (--init the name) -> run B (--init A's checkpoint), B exported
+    as the new shipped file -> run C (--init B's checkpoint). C's chain must end with A starting
+    from S as it was, not from B's export that replaced it (which would count B twice)."""
+    if not models.pretrained_available():
+        pytest.skip("the shipped weights are not in this copy")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for suffix in (".npz", ".json"):
+        src = models.pretrained_path("attention56_cifar10").with_suffix(suffix)
+        (shipped / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setattr(pt, "PRETRAINED_DIR", shipped)
+    before = models.pretrained_metadata()
+    common = dict(dataset="cifar10-sample", subset=20, test_subset=10, batch_size=10, max_steps=1)
+    runs = {"a": "attention56_cifar10", "b": str(tmp_path / "a" / "checkpoint.npz"),
+            "c": str(tmp_path / "b" / "checkpoint.npz")}
+    tool = _tool()
+    for name, init in runs.items():
+        train(TrainConfig(**common, init=init, lr=0.01, out=str(tmp_path / name)), progress=False, log=lambda *a: None)
+        if name == "b":  # B becomes the shipped file, as a release does
+            tool.export(tmp_path / "b", sample_images=20, skip_test_set=True, log=lambda *a: None)
+    assert models.pretrained_metadata()["started_from"]["file"] == runs["b"]
+    _, js = tool.export(tmp_path / "c", out_dir=tmp_path / "out", sample_images=20, log=lambda *a: None)
+    meta = json.loads(js.read_text())
+    b = meta["started_from"]
+    a = b["started_from"]
+    root = a["started_from"]
+    assert b["file"] == runs["c"] and a["file"] == runs["b"]
+    assert root["pretrained"] == "attention56_cifar10" and root["command"] == before["command"]
+    assert root["metrics"] == before["metrics"]
+    assert meta["epochs_in_all"] == before.get("epochs_in_all", before["epochs"]) + 3
+    assert meta["steps_in_all"] == before.get("steps_in_all", before["steps"]) + 3
+
+
 def test_export_refuses_another_network(tiny_run, tmp_path):
     arrays = load_arrays(tiny_run / "checkpoint.npz")
     config = json.loads(str(arrays["meta/config"]))

@@ -162,9 +162,25 @@ def started_from(init, _seen=()) -> dict | None:
         before = pt.pretrained_metadata(init)
     except (OSError, ValueError):
         return {"pretrained": init, "note": "its json could not be read"}
+    replaced = _record_of_a_run_seen(before, _seen)
+    if replaced is not None:
+        # The shipped file was exported again after this chain's run trained from it: its
+        # json now describes a later run of this same chain. What the run started from is
+        # what that json recorded for it, when the file it had been given was still shipped.
+        return replaced.get("started_from")
     keys = ("command", "epochs", "epochs_in_all", "steps", "steps_in_all", "training_seconds", "test_accuracy", "trained_until",
             "started_from", "metrics")
     return {"pretrained": init, **{k: before[k] for k in keys if k in before}}
+
+
+def _record_of_a_run_seen(meta, seen) -> dict | None:
+    """The record, along ``meta``'s ``started_from`` chain, of a run checkpoint in ``seen``."""
+    record = meta.get("started_from")
+    while isinstance(record, dict):
+        if "file" in record and os.path.realpath(record["file"]) in seen:
+            return record
+        record = record.get("started_from")
+    return None
 
 
 def trained_before(origin, what="epochs") -> int:
