@@ -135,7 +135,9 @@ def started_from(init, _seen=()) -> dict | None:
     A pretrained name: the summary of those weights' own json (read before an
     export replaces it). A run's ``checkpoint.npz``: its command, epochs, steps
     and metrics, and, under ``started_from``, what that run started from in
-    turn. Any other file (an exported weights file): its path only.
+    turn. Any other file (an exported weights file): its path only. A name
+    whose file was exported again after a run of this chain trained from it:
+    what that file's json kept for the run (see ``_record_of_a_run_seen``).
     """
     if init is None:
         return None
